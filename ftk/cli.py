@@ -1,0 +1,144 @@
+"""The ``ftk`` command line: parse, call the core, print.
+
+Every command that takes a config also takes ``--key value`` overrides of its top-level keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ftk import __version__
+from ftk.core.errors import FtkError
+from ftk.core.plugins import FtkPluginManager, create_plugin_manager
+
+CONFIG_COMMANDS = ("train", "preprocess", "validate")
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.epilog = (
+        "Any top-level config key can be overridden: --learning_rate 3e-4 --max_steps 10 "
+        "(values are read as YAML, validated like the file)."
+    )
+
+
+def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
+    """The argument parser with the core commands and every plugin-registered command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true", help="show tracebacks for errors")
+
+    parser = argparse.ArgumentParser(
+        prog="ftk", description="Fine-tune causal language models.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"ftk {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", parents=[common], help="fine-tune a model as a config says")
+    _add_config_argument(train)
+
+    preprocess = commands.add_parser(
+        "preprocess", parents=[common], help="tokenize, mask and cache the datasets of a config"
+    )
+    _add_config_argument(preprocess)
+    preprocess.add_argument(
+        "--debug", action="store_true", help="show rows token by token, trained in colour"
+    )
+    preprocess.add_argument("--debug-rows", type=int, default=3, metavar="N", help="rows shown by --debug")
+    preprocess.add_argument("--no-cache", action="store_true", help="tokenize again even if cached")
+
+    validate = commands.add_parser(
+        "validate", parents=[common], help="check a config and print it with defaults filled in"
+    )
+    _add_config_argument(validate)
+
+    plugins = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their hooks")
+    plugins.add_argument("config", nargs="?", help="also load the plugins this config names")
+
+    for command in manager.collect_registrations().commands.values():
+        sub = commands.add_parser(command.name, parents=[common], help=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(plugin_command=command)
+    return parser
+
+
+def _print_plugins(manager: FtkPluginManager, console: Console) -> None:
+    table = Table(title="ftk plugins")
+    for column in ("name", "source", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("hooks")
+    for info in manager.infos.values():
+        table.add_row(info.name, info.source, info.version, ", ".join(info.hooks))
+    console.print(table)
+
+
+def _run(args: argparse.Namespace, overrides: list[str], manager: FtkPluginManager, console: Console) -> int:
+    from ftk.core.config.loader import dump_config, load_config
+
+    if getattr(args, "plugin_command", None) is not None:
+        if overrides:
+            raise FtkError(f"command line: unexpected arguments: {' '.join(overrides)}")
+        return int(args.plugin_command.run(args) or 0)
+    if args.command == "plugins":
+        if args.config:
+            load_config(args.config, overrides, manager=manager)
+        _print_plugins(manager, console)
+        return 0
+
+    cfg, manager = load_config(args.config, overrides, manager=manager)
+    if args.command == "validate":
+        console.print(f"[green]{args.config}: valid[/]", highlight=False)
+        console.print(yaml.safe_dump(dump_config(cfg), sort_keys=False), markup=False, highlight=False)
+        return 0
+    if args.command == "preprocess":
+        from ftk.core.preprocess import run_preprocess
+
+        run_preprocess(
+            cfg,
+            manager,
+            console,
+            debug_rows=args.debug_rows if args.debug else 0,
+            use_cache=not args.no_cache,
+        )
+        return 0
+    from ftk.core.train import run_training, summary_rows
+
+    result = run_training(cfg, manager)
+    table = Table(title="training finished", show_header=False)
+    for label, value in summary_rows(result):
+        table.add_row(label, str(value))
+    console.print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ftk`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv or "-v" in argv
+    console = Console()
+    try:
+        manager = create_plugin_manager()
+        parser = build_parser(manager)
+        args, overrides = parser.parse_known_args(argv)
+        if overrides and args.command not in CONFIG_COMMANDS and args.command != "plugins":
+            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        return _run(args, overrides, manager, console)
+    except FtkError as exc:
+        if verbose:
+            traceback.print_exc()
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The minimal core of ftk: config, plugin manager, data pipeline and trainer."""

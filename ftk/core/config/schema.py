@@ -1,0 +1,152 @@
+"""The config schema: pydantic models with axolotl's key names, strict about unknown keys.
+
+Plugin sections and prompt-strategy options are not declared here: plugins register them
+through hooks and ``ftk.core.config.loader`` validates them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SpecialTokens(StrictModel):
+    """Special-token overrides; a token not in the vocabulary is added and the embeddings resized."""
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    unk_token: str | None = None
+
+
+class DatasetConfig(BaseModel):
+    """One dataset source and how to turn its rows into training examples.
+
+    The keys below are common to every strategy; the keys a strategy adds (for ``chat_template``:
+    ``field_messages``, ``message_property_mappings``, ``roles_to_train``, ``train_on_eos``, ...)
+    are validated against that strategy's own options model by the loader.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(description="Local file or directory, or a Hugging Face Hub dataset name.")
+    type: str = Field(
+        "chat_template",
+        description="Prompt strategy: a registered name or a dotted path 'package.module.function'.",
+    )
+    split: str = Field("train", description="Split to load.")
+    data_files: str | list[str] | None = Field(None, description="Files to load from a Hub repo or folder.")
+    name: str | None = Field(None, description="Dataset configuration name (Hub datasets).")
+    ds_type: Literal["json", "parquet", "csv", "arrow"] | None = Field(
+        None, description="File format when it cannot be inferred from the extension."
+    )
+
+    _options: BaseModel | None = PrivateAttr(default=None)
+
+    @property
+    def options(self) -> BaseModel | None:
+        """The strategy options validated by the loader (None for strategies without options)."""
+        return self._options
+
+
+class FtkConfig(StrictModel):
+    """A whole run. Field names follow axolotl's so that configs carry over."""
+
+    # --- model and tokenizer ---
+    base_model: str = Field(description="Hub model name or local directory of the base model.")
+    tokenizer_config: str | None = Field(None, description="Load the tokenizer from here instead.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = Field(
+        None, description="Attention backend; None lets transformers choose."
+    )
+    special_tokens: SpecialTokens | None = Field(None, description="Special-token overrides.")
+    tokens: list[str] = Field(default_factory=list, description="New (non-special) tokens to add.")
+    chat_template: str | None = Field(
+        None,
+        description="Chat template: 'tokenizer_default', a built-in name (e.g. 'chatml'), or 'jinja'.",
+    )
+    chat_template_jinja: str | None = Field(
+        None, description="Jinja template text or path to a .jinja file, when chat_template is 'jinja'."
+    )
+
+    # --- adapter ---
+    adapter: Literal["lora"] | None = Field(None, description="Adapter to train; None: full fine-tuning.")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(None, description="Module names to adapt.")
+    lora_target_linear: bool = Field(False, description="Adapt every linear layer except the output head.")
+
+    # --- data ---
+    datasets: list[DatasetConfig] = Field(min_length=1, description="Training data sources.")
+    sequence_len: int = Field(2048, gt=0, description="Maximum tokens per example; longer rows are dropped.")
+    sample_packing: bool = Field(False, description="Pack several examples into one sequence.")
+    train_on_inputs: bool = Field(False, description="Also train on prompt tokens, not only on responses.")
+    val_set_size: float = Field(
+        0.0, ge=0.0, description="Held-out eval share (< 1) or number of rows (>= 1)."
+    )
+    dataset_prepared_path: str = Field(
+        "last_run_prepared", description="Directory of the tokenized-data cache."
+    )
+    dataset_processes: int | None = Field(None, gt=0, description="Processes for tokenization.")
+
+    # --- batch and schedule ---
+    micro_batch_size: int = Field(1, gt=0, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Schedule shape.")
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="Warmup as a share of steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
+        "adamw_torch", description="Optimizer."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay.")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 disables).")
+
+    # --- precision and memory ---
+    bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
+    fp16: bool = Field(False, description="Train in float16 mixed precision.")
+    tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere or newer GPUs.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+
+    # --- output, eval, logging ---
+    output_dir: str = Field("./outputs/ftk-run", description="Where adapters, checkpoints, metrics go.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end).")
+    save_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N steps.")
+    save_total_limit: int | None = Field(None, gt=0, description="Keep at most N checkpoints.")
+    logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
+    seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    resume_from_checkpoint: str | None = Field(None, description="Checkpoint directory to resume from.")
+
+    plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to load.")
+
+    def combination_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems that involve several keys, each as (key path to blame, message)."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.bf16 and self.fp16:
+            problems.append((("fp16",), "bf16 and fp16 are both true; choose one"))
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            problems.append((("warmup_steps",), "warmup_ratio and warmup_steps are both set; choose one"))
+        if self.chat_template == "jinja" and not self.chat_template_jinja:
+            problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
+        if self.sample_packing:
+            problems.append(
+                (("sample_packing",), "packing is not available in this version of ftk; set it to false")
+            )
+        return problems
+
+    def section(self, name: str) -> Any:
+        """Return a plugin's config section by name (None when absent from the config)."""
+        return getattr(self, name, None)

@@ -1,0 +1,1 @@
+"""The data pipeline: load sources, tokenize with each dataset's strategy, cache, collate."""

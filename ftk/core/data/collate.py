@@ -1,0 +1,34 @@
+"""Batch examples of different lengths: pad ids, mask padding out of attention and loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PaddingCollator:
+    """Right-pads ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask`` with 0."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(example["input_ids"]) for example in examples)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long),
+            "labels": torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((len(examples), longest), dtype=torch.long),
+        }
+        for row, example in enumerate(examples):
+            length = len(example["input_ids"])
+            batch["input_ids"][row, :length] = torch.as_tensor(example["input_ids"])
+            batch["labels"][row, :length] = torch.as_tensor(example["labels"])
+            batch["attention_mask"][row, :length] = 1
+        return batch

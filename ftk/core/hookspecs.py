@@ -1,0 +1,112 @@
+"""The whole extension surface of ftk: every hook a plugin can implement.
+
+Three kinds of hook:
+
+* registration hooks receive a ``register`` callback and call it for each thing they add;
+* first-result hooks (``firstresult=True``) stop at the first implementation that returns
+  something other than ``None``: return ``None`` to let the next plugin decide;
+* contribution hooks are called on every plugin and their results are collected.
+
+Implementations are called newest-registered first, so a plugin named in the config's
+``plugins:`` list overrides an installed one, which overrides a built-in.  Arguments are
+passed by name; an implementation asks only for the ones it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+    from ftk.core.config.schema import FtkConfig
+    from ftk.core.registry import CommandRegistrar, SectionRegistrar, StrategyRegistrar
+
+PROJECT = "ftk"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+@hookspec
+def register_config_sections(register: SectionRegistrar) -> None:
+    """Add top-level config sections: ``register("name", PydanticModel)``; validated like the rest."""
+
+
+@hookspec
+def register_prompt_strategies(register: StrategyRegistrar) -> None:
+    """Add dataset strategies usable as ``type:``: ``register("name", build, options_model)``."""
+
+
+@hookspec
+def register_commands(register: CommandRegistrar) -> None:
+    """Add CLI subcommands: ``register(name, help, add_arguments, run)``."""
+
+
+# --- model loading ------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def load_tokenizer(cfg: FtkConfig) -> PreTrainedTokenizerBase | None:
+    """Load the tokenizer for ``cfg``; the first non-None result is used."""
+
+
+@hookspec
+def pre_model_load(cfg: FtkConfig) -> None:
+    """Called before the model is loaded: apply kernel patches or environment setup here."""
+
+
+@hookspec(firstresult=True)
+def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel | None:
+    """Load the base model for ``cfg``; the first non-None result is used."""
+
+
+@hookspec
+def post_model_load(cfg: FtkConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Called after the base model is loaded and before the adapter: modify the model in place."""
+
+
+@hookspec(firstresult=True)
+def apply_adapter(cfg: FtkConfig, model: PreTrainedModel) -> Any | None:
+    """Wrap ``model`` with the adapter ``cfg.adapter`` names; return the model to train, or None."""
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def create_optimizer(cfg: FtkConfig, model: torch.nn.Module) -> torch.optim.Optimizer | None:
+    """Build the optimizer for the trainable parameters of ``model``; first non-None wins."""
+
+
+@hookspec(firstresult=True)
+def create_scheduler(
+    cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Build the learning-rate scheduler for ``optimizer``; first non-None wins."""
+
+
+@hookspec(firstresult=True)
+def compute_loss(
+    cfg: FtkConfig,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+) -> torch.Tensor | None:
+    """Run the forward pass and return the loss of one micro-batch, normalised by ``num_items_in_batch``."""
+
+
+@hookspec
+def trainer_callbacks(cfg: FtkConfig) -> list[TrainerCallback]:
+    """Contribute ``transformers.TrainerCallback`` objects to the run."""
+
+
+@hookspec
+def post_train(cfg: FtkConfig, trainer: Trainer, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Called after training finished and the final model was saved."""

@@ -1,0 +1,101 @@
+"""What the registration hooks fill: commands, config sections and prompt strategies."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from ftk.core.errors import FtkError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI subcommand contributed by a plugin."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A prompt strategy: ``build(dataset, tokenizer, cfg)`` returns a function from a row to features."""
+
+    name: str
+    build: Callable[..., Callable[[dict[str, Any]], dict[str, list[int]]]]
+    options_model: type[BaseModel] | None = None
+    plugin: str = ""
+
+
+class CommandRegistrar(Protocol):
+    def __call__(
+        self,
+        name: str,
+        help: str,
+        add_arguments: Callable[[argparse.ArgumentParser], None],
+        run: Callable[[argparse.Namespace], int | None],
+    ) -> None: ...
+
+
+class SectionRegistrar(Protocol):
+    def __call__(self, name: str, model: type[BaseModel]) -> None: ...
+
+
+class StrategyRegistrar(Protocol):
+    def __call__(
+        self,
+        name: str,
+        build: Callable[..., Callable[[dict[str, Any]], dict[str, list[int]]]],
+        options_model: type[BaseModel] | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class Registry:
+    """Everything the registration hooks added, keyed by name; a name registered twice is an error."""
+
+    commands: dict[str, Command] = field(default_factory=dict)
+    sections: dict[str, type[BaseModel]] = field(default_factory=dict)
+    section_owners: dict[str, str] = field(default_factory=dict)
+    strategies: dict[str, Strategy] = field(default_factory=dict)
+
+    def _claim(self, kind: str, table: dict, name: str, plugin: str, owner: str) -> None:
+        if name in table:
+            raise FtkError(f"plugin {plugin!r}: {kind} {name!r} is already registered by plugin {owner!r}")
+
+    def command_registrar(self, plugin: str) -> CommandRegistrar:
+        """Return the ``register`` callback handed to ``register_commands`` for ``plugin``."""
+
+        def register(name, help, add_arguments, run):  # noqa: A002 - mirrors argparse's own name
+            if name in self.commands:
+                self._claim("command", self.commands, name, plugin, self.commands[name].plugin)
+            self.commands[name] = Command(name, help, add_arguments, run, plugin)
+
+        return register
+
+    def section_registrar(self, plugin: str) -> SectionRegistrar:
+        """Return the ``register`` callback handed to ``register_config_sections`` for ``plugin``."""
+
+        def register(name, model):
+            if name in self.sections:
+                self._claim("config section", self.sections, name, plugin, self.section_owners[name])
+            self.sections[name] = model
+            self.section_owners[name] = plugin
+
+        return register
+
+    def strategy_registrar(self, plugin: str) -> StrategyRegistrar:
+        """Return the ``register`` callback handed to ``register_prompt_strategies`` for ``plugin``."""
+
+        def register(name, build, options_model=None):
+            if name in self.strategies:
+                self._claim("prompt strategy", self.strategies, name, plugin, self.strategies[name].plugin)
+            self.strategies[name] = Strategy(name, build, options_model, plugin)
+
+        return register

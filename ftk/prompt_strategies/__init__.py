@@ -1,0 +1,1 @@
+"""Prompt strategies: pure functions that turn one dataset row into input_ids and labels."""

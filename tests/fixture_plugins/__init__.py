@@ -1,0 +1,1 @@
+"""Plugins used by the tests, loaded through a config's ``plugins:`` list or an entry point."""

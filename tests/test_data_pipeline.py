@@ -1,0 +1,129 @@
+"""Data preparation: counts, dropped rows, a cache that is never stale, errors that name the row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from ftk.cli import main
+from ftk.core.config.loader import load_config
+from ftk.core.data.collate import PaddingCollator
+from ftk.core.data.pipeline import prepare_data
+from ftk.core.errors import FtkError
+
+ROWS = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]},
+    {"messages": [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye"}]},
+    {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]},
+    {"messages": [{"role": "user", "content": "only a question"}]},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def make_config(tmp_path: Path, model_dir: Path, data: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"base_model: {model_dir}\n"
+        f"datasets:\n  - path: {data}\n"
+        "sequence_len: 64\n"
+        f"dataset_prepared_path: {tmp_path / 'prepared'}\n"
+        f"output_dir: {tmp_path / 'out'}\n" + extra
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def prepare(cfg_path: Path, tokenizer):
+    cfg, manager = load_config(cfg_path)
+    return prepare_data(cfg, tokenizer, manager.collect_registrations())
+
+
+def test_rows_are_counted_and_filtered(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    prepared = prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer)
+    (stats,) = prepared.sources
+    assert (stats.rows, stats.kept, stats.too_long, stats.nothing_trained) == (4, 2, 1, 1)
+    # "Hello there" + <|im_end|> (3 tokens) and "Bye" + <|im_end|> (3 tokens) are the trained tokens.
+    assert stats.trained_tokens == 6
+    assert len(prepared.train) == 2
+    assert sorted(len(row) for row in prepared.train["input_ids"]) == [13, 14]
+    assert stats.tokens == 27
+
+
+def test_cache_is_reused_and_invalidated_by_data_or_tokenizer_changes(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    cfg = make_config(tmp_path, tiny_model_dir, data)
+    first = prepare(cfg, tokenizer)
+    again = prepare(cfg, tokenizer)
+    assert (first.from_cache, again.from_cache) == (False, True)
+    assert again.cache_dir == first.cache_dir
+    assert again.train["input_ids"] == first.train["input_ids"]
+
+    # Same size, same name, different content: a new cache entry.
+    write_jsonl(data, [ROWS[1], ROWS[0], ROWS[2], ROWS[3]][::-1])
+    changed = prepare(cfg, tokenizer)
+    assert not changed.from_cache and changed.cache_dir != first.cache_dir
+
+    other_template = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other_template.chat_template = other_template.chat_template.replace("\\n", "\\n\\n", 1)
+    assert prepare(cfg, other_template).cache_dir != changed.cache_dir
+
+
+def test_settings_change_the_cache_key(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    base = prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer).cache_dir
+    inputs = prepare(make_config(tmp_path, tiny_model_dir, data, "train_on_inputs: true\n"), tokenizer)
+    assert inputs.cache_dir != base and not inputs.from_cache
+
+
+def test_bad_row_names_file_row_and_field(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], {"messages": [{"role": "user", "content": 3}]}])
+    with pytest.raises(FtkError) as info:
+        prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer)
+    assert str(info.value) == f"{data}: row 2: messages[0].content: must be text, got int"
+
+
+def test_cli_bad_row_exits_2_and_writes_nothing_to_output_dir(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], {"conversation": []}])
+    cfg = make_config(tmp_path, tiny_model_dir, data, "adapter: lora\nmax_steps: 1\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    # Only the tokenizing progress bar may precede the one-line error.
+    assert err.splitlines()[-1] == f"error: {data}: row 2: messages: missing"
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_file_is_a_clean_error(tmp_path, tiny_model_dir, tokenizer):
+    cfg = make_config(tmp_path, tiny_model_dir, tmp_path / "nope.jsonl")
+    with pytest.raises(FtkError, match=r"datasets\[0\]\.path: no such file or directory"):
+        prepare(cfg, tokenizer)
+
+
+def test_val_set_size_splits_rows(tmp_path, tiny_model_dir, tokenizer):
+    rows = [ROWS[0], ROWS[1]] * 10
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    prepared = prepare(make_config(tmp_path, tiny_model_dir, data, "val_set_size: 0.25\n"), tokenizer)
+    assert (len(prepared.train), len(prepared.eval)) == (15, 5)
+
+
+def test_collator_pads_ids_masks_and_labels():
+    batch = PaddingCollator(pad_token_id=0, pad_to_multiple_of=4)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert batch["input_ids"].dtype == torch.long
