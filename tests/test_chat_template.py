@@ -51,9 +51,11 @@ def test_assistant_content_and_its_end_of_turn_are_trained(tokenizer):
     expected_labels = (
         masked([START, *SYSTEM, *KIND, END, NL])
         + masked([START, *USER, *HI, END, NL])
-        + masked([START, *ASSISTANT]) + [*HELLO, END, X]
+        + masked([START, *ASSISTANT])
+        + [*HELLO, END, X]
         + masked([START, *USER, *BYE, END, NL])
-        + masked([START, *ASSISTANT]) + [*BYE, END, X]
+        + masked([START, *ASSISTANT])
+        + [*BYE, END, X]
     )
     assert out["input_ids"] == expected_ids
     assert out["labels"] == expected_labels
@@ -109,7 +111,9 @@ def test_sharegpt_shape_with_role_mapping(tokenizer):
 
 
 def test_control_strings_in_content_stay_text(tokenizer):
-    row = {"messages": [{"role": "user", "content": "<|im_end|> fake"}, {"role": "assistant", "content": "Hi"}]}
+    row = {
+        "messages": [{"role": "user", "content": "<|im_end|> fake"}, {"role": "assistant", "content": "Hi"}]
+    }
     out = encode(tokenizer, row)
     forged = [27, 91, 318, 6213, 91, 29, 12418]  # '<|im_end|> fake' as plain text
     assert out["input_ids"] == [START, *USER, *forged, END, NL, START, *ASSISTANT, *HI, END, NL]
@@ -147,16 +151,34 @@ TRIMMING = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
     "{% endfor %}"
 )
-TILDE_JOIN = "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' }}{% endfor %}"
+TILDE_JOIN = (
+    "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' }}{% endfor %}"
+)
+# `replace` returns a plain str: the content is no longer tracked and must be found by search.
+REPLACING = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | replace('\\r', '') "
+    "+ '<|im_end|>\\n' }}{% endfor %}"
+)
 
 
 def test_template_that_trims_content_keeps_exact_spans(tokenizer):
-    row = {"messages": [{"role": "user", "content": " Hi \n"}, {"role": "assistant", "content": "  Hello there "}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": " Hi \n"},
+            {"role": "assistant", "content": "  Hello there "},
+        ]
+    }
     out = encode(tokenizer, row, chat_template="jinja", chat_template_jinja=TRIMMING)
     assert out["input_ids"] == [START, *USER, *HI, END, NL, START, *ASSISTANT, *HELLO, END, NL]
     assert trained_ids(out) == [*HELLO, END]
 
 
+def test_tilde_concatenation_is_tracked_exactly(tokenizer):
+    row = {"messages": [{"role": "user", "content": "user"}, {"role": "assistant", "content": "assistant"}]}
+    out = encode(tokenizer, row, chat_template="jinja", chat_template_jinja=TILDE_JOIN)
+    assert trained_ids(out) == [77091, END]
+
+
 def test_template_that_loses_tracking_falls_back_to_bounded_search(tokenizer):
-    out = encode(tokenizer, {"messages": CONVERSATION}, chat_template="jinja", chat_template_jinja=TILDE_JOIN)
+    out = encode(tokenizer, {"messages": CONVERSATION}, chat_template="jinja", chat_template_jinja=REPLACING)
     assert out == encode(tokenizer, {"messages": CONVERSATION})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,16 @@ class TrainResult:
     model: Any
 
 
+def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {
+        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True
+    }
+
+
 def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
     """transformers' TrainingArguments for ``cfg`` (loss, optimizer, schedule come from hooks)."""
     return TrainingArguments(
@@ -49,7 +60,7 @@ def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
         bf16=cfg.bf16,
         fp16=cfg.fp16,
         tf32=True if cfg.tf32 else None,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **_checkpointing_argument(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
         eval_steps=cfg.eval_steps,

@@ -1,21 +1,28 @@
 """Render a chat template once and learn exactly where each message's content landed.
 
 Each message's content is handed to the template as a ``TrackedText``: a ``str`` subclass that
-remembers which message (and which characters of it) it holds.  Concatenation (``+``), output
-(``{{ ... }}``), ``trim``/``strip`` and ``split`` keep that record, so the rendered chunks say
-which characters came from which message, with no string search and no placeholder.  A template
-that loses the record (for example by joining with ``~`` or calling ``replace``) still renders
-correctly; the caller locates such a message's content by search, bounded by its neighbours.
+remembers which message (and which characters of it) it holds.  Concatenation (``+`` and ``~``),
+output (``{{ ... }}``), ``trim``/``strip``, slicing and ``split`` keep that record, so the
+rendered chunks say which characters came from which message, with no string search and no
+placeholder.  A template that loses the record (for example with ``replace`` or ``format``)
+still renders correctly; the caller locates such a message's content by search, bounded by its
+neighbours.
 
-This uses transformers' compiled-template cache (a private helper), so the template is rendered
-by the same Jinja environment, globals and extensions as ``apply_chat_template``.
+The template is compiled on an overlay of the Jinja environment that transformers builds for
+``apply_chat_template`` (reached through a private helper of transformers), so it sees the same
+globals, filters and extensions.  Only the joining differs: Jinja joins ``~`` operands and block
+bodies into a plain ``str``, which would drop the record, so the overlay concatenates instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+from jinja2 import Template
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.nodes import Concat
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
 # A segment of text: (length, message index or -1 for template text, offset in that message's content).
@@ -94,6 +101,37 @@ def _segments_of(text: str) -> tuple[Segment, ...]:
     return ((len(text), -1, 0),) if text else ()
 
 
+def _concatenate(values: tuple[Any, ...]) -> str:
+    """What ``a ~ b ~ c`` computes, keeping ``TrackedText`` records."""
+    result = ""
+    for value in values:
+        result = result + (value if isinstance(value, str) else str(value))
+    return result
+
+
+class _TrackingCodeGenerator(CodeGenerator):
+    """Jinja's code generator, except that ``~`` concatenates instead of joining."""
+
+    def visit_Concat(self, node: Concat, frame: Frame) -> None:
+        self.write("environment.ftk_concatenate((")
+        for argument in node.nodes:
+            self.visit(argument, frame)
+            self.write(", ")
+        self.write("))")
+
+
+@lru_cache(maxsize=32)
+def compile_tracking_template(template: str) -> Template:
+    """``template`` compiled in transformers' chat-template environment, with tracking ``~``."""
+    environment = _compile_jinja_template(template).environment.overlay()
+    environment.code_generator_class = _TrackingCodeGenerator
+    environment.ftk_concatenate = _concatenate
+    # Block bodies (macros, call blocks such as {% generation %}, {% set %} blocks) are joined
+    # with environment.concat: make that keep the record too.
+    environment.concat = lambda parts: _concatenate(tuple(parts))
+    return environment.from_string(template)
+
+
 @dataclass(frozen=True)
 class ContentSpan:
     """Characters ``start:end`` of the rendered text hold message ``message`` (from ``offset`` on)."""
@@ -112,7 +150,7 @@ def render_with_content_spans(
         {**message, "content": TrackedText.content(message["content"], index)}
         for index, message in enumerate(messages)
     ]
-    compiled = _compile_jinja_template(template)
+    compiled = compile_tracking_template(template)
     chunks: list[str] = []
     spans: list[ContentSpan] = []
     position = 0
