@@ -139,7 +139,14 @@ class ChatTemplateTokenizer:
         return message["role"] in self.options.roles_to_train
 
     def __call__(self, row: dict[str, Any]) -> dict[str, list[int]]:
-        messages = _normalise_messages(row, self.options, self.roles)
+        """Features for one dataset row."""
+        return self.encode_messages(_normalise_messages(row, self.options, self.roles))
+
+    def encode_messages(self, messages: list[dict[str, Any]]) -> dict[str, list[int]]:
+        """Features for a conversation of ``{"role", "content", "train"}`` messages (canonical roles).
+
+        ``train`` may be None (the role decides, through ``roles_to_train``) or a bool.
+        """
         rendered, spans = render_with_content_spans(
             self.template,
             [{"role": m["role"], "content": m["content"]} for m in messages],

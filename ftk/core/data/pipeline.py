@@ -98,27 +98,38 @@ def _tokenize_source(
     to_features = strategy.build(dataset, tokenizer, cfg)
     stats = SourceStats(path=dataset.path, rows=len(raw))
 
-    def convert(row: dict[str, Any], row_index: int) -> dict[str, Any]:
-        try:
-            features = to_features(row)
-        except FtkError as exc:
-            raise FtkError(f"{dataset.path}: row {row_index + 1}: {exc}") from exc
-        ids, labels = features["input_ids"], features["labels"]
-        if len(ids) != len(labels):
-            raise FtkError(
-                f"{dataset.path}: row {row_index + 1}: strategy {dataset.type!r} returned "
-                f"{len(ids)} input_ids but {len(labels)} labels"
-            )
-        return {
-            "input_ids": ids,
-            "labels": labels,
-            "attention_mask": features.get("attention_mask") or [1] * len(ids),
-            "length": len(ids),
-            "trained": sum(1 for label in labels if label != IGNORE_INDEX),
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {
+            "input_ids": [],
+            "labels": [],
+            "attention_mask": [],
+            "length": [],
+            "trained": [],
         }
+        for position, row_index in enumerate(indices):
+            row = {column: values[position] for column, values in batch.items()}
+            try:
+                produced = to_features(row)
+            except FtkError as exc:
+                raise FtkError(f"{dataset.path}: row {row_index + 1}: {exc}") from exc
+            # A strategy returns one example per row, or a list (e.g. a long document split in chunks).
+            for features in produced if isinstance(produced, list) else [produced]:
+                ids, labels = features["input_ids"], features["labels"]
+                if len(ids) != len(labels):
+                    raise FtkError(
+                        f"{dataset.path}: row {row_index + 1}: strategy {dataset.type!r} returned "
+                        f"{len(ids)} input_ids but {len(labels)} labels"
+                    )
+                out["input_ids"].append(ids)
+                out["labels"].append(labels)
+                out["attention_mask"].append(features.get("attention_mask") or [1] * len(ids))
+                out["length"].append(len(ids))
+                out["trained"].append(sum(1 for label in labels if label != IGNORE_INDEX))
+        return out
 
     tokenized = raw.map(
         convert,
+        batched=True,
         with_indices=True,
         remove_columns=raw.column_names,
         num_proc=cfg.dataset_processes,
