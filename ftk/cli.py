@@ -50,7 +50,13 @@ def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
     preprocess.add_argument(
         "--debug", action="store_true", help="show rows token by token, trained in colour"
     )
-    preprocess.add_argument("--debug-rows", type=int, default=3, metavar="N", help="rows shown by --debug")
+    preprocess.add_argument(
+        "--debug-num-examples", type=int, default=3, metavar="N", help="rows shown by --debug (default 3)"
+    )
+    preprocess.add_argument(
+        "--debug-text-only", action="store_true", help="with --debug: decoded text, trained spans highlighted"
+    )
+    preprocess.add_argument("--json", action="store_true", help="print one JSON object with the counts")
     preprocess.add_argument("--no-cache", action="store_true", help="tokenize again even if cached")
 
     validate = commands.add_parser(
@@ -103,7 +109,9 @@ def _run(args: argparse.Namespace, overrides: list[str], manager: FtkPluginManag
             cfg,
             manager,
             console,
-            debug_rows=args.debug_rows if args.debug else 0,
+            debug_rows=args.debug_num_examples if args.debug else 0,
+            text_only=args.debug_text_only,
+            as_json=args.json,
             use_cache=not args.no_cache,
         )
         return 0

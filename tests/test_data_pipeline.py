@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -127,3 +128,88 @@ def test_collator_pads_ids_masks_and_labels():
     assert batch["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert batch["input_ids"].dtype == torch.long
+
+
+BAD_ROWS = [
+    ROWS[0],
+    {"messages": [{"role": "user", "content": 3}]},
+    {"conversation": []},
+    {"messages": [{"role": "robot", "content": "beep"}]},
+    ROWS[1],
+]
+
+
+def test_invalid_rows_skip_counts_and_keeps_examples_of_the_problem(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", BAD_ROWS)
+    prepared = prepare(make_config(tmp_path, tiny_model_dir, data, "invalid_rows: skip\n"), tokenizer)
+    (stats,) = prepared.sources
+    assert (stats.rows, stats.kept, stats.invalid) == (5, 2, 3)
+    assert stats.invalid_examples == [
+        "row 2: messages[0].content: must be text, got int",
+        "row 3: messages: missing",
+        "row 4: messages[0].role: unknown role 'robot'; map it with `roles:`",
+    ]
+
+
+def test_excess_length_truncate_and_raise(tmp_path, tiny_model_dir, tokenizer):
+    long_answer = {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "yes " * 100}]
+    }
+    data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], long_answer])
+    truncated = prepare(
+        make_config(tmp_path, tiny_model_dir, data, "excess_length_strategy: truncate\n"), tokenizer
+    )
+    (stats,) = truncated.sources
+    assert (stats.kept, stats.truncated, stats.too_long) == (2, 1, 0)
+    assert sorted(len(ids) for ids in truncated.train["input_ids"]) == [13, 64]
+
+    with pytest.raises(FtkError) as info:
+        prepare(make_config(tmp_path, tiny_model_dir, data, "excess_length_strategy: raise\n"), tokenizer)
+    assert (
+        str(info.value)
+        == f"{data}: row 2: 112 tokens, more than sequence_len 64 (excess_length_strategy: raise)"
+    )
+
+
+def test_max_samples_and_test_datasets(tmp_path, tiny_model_dir, tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", [ROWS[0], ROWS[1]] * 5)
+    held_out = write_jsonl(tmp_path / "eval.jsonl", [ROWS[1]] * 3)
+    extra = f"test_datasets:\n  - path: {held_out}\n"
+    cfg = make_config(tmp_path, tiny_model_dir, train, extra)
+    cfg.write_text(
+        cfg.read_text().replace(f"  - path: {train}\n", f"  - path: {train}\n    max_samples: 4\n", 1)
+    )
+    prepared = prepare(cfg, tokenizer)
+    assert (len(prepared.train), len(prepared.eval)) == (4, 3)
+    assert [s.rows for s in prepared.eval_sources] == [3]
+
+
+def test_preprocess_json_reports_counts_and_cache(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    cfg = make_config(tmp_path, tiny_model_dir, data)
+    assert main(["preprocess", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["train_rows"], report["tokens"], report["trained_tokens"]) == (2, 27, 6)
+    (source,) = report["datasets"]
+    assert (source["too_long"], source["nothing_trained"]) == (1, 1)
+    assert report["from_cache"] is False
+    cached = datasets.load_from_disk(str(Path(report["cache_dir"]) / "train"))
+    assert {"input_ids", "labels"} <= set(cached.column_names)
+
+    assert main(["preprocess", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["from_cache"] is True
+
+
+def test_debug_view_marks_trained_tokens_and_warns(tmp_path, tiny_model_dir, tokenizer, capsys):
+    from ftk.core.data.debug import row_warnings
+
+    good = {"input_ids": [151644, 13048, 151645], "labels": [-100, 13048, 151645]}
+    assert row_warnings(good, tokenizer) == []
+    no_eot = {"input_ids": [151644, 13048, 151645], "labels": [-100, 13048, -100]}
+    assert row_warnings(no_eot, tokenizer) == ["end-of-turn token <|im_end|> at position 2 is not trained"]
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0]])
+    assert main(["preprocess", str(make_config(tmp_path, tiny_model_dir, data)), "--debug"]) == 0
+    out = capsys.readouterr().out
+    assert "row 0: 13 tokens, 3 trained" in out
+    assert "Hello[9707]" in out and "<|im_end|>[151645]" in out

@@ -2,50 +2,78 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.console import Console
 from rich.table import Table
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.debug import legend, render_row
 from ftk.core.data.pipeline import PreparedData, prepare_data
+from ftk.core.data.tokenize import SourceStats
 from ftk.core.model import load_tokenizer
 from ftk.core.plugins import FtkPluginManager
 
+COLUMNS = ("rows", "kept", "invalid", "too long", "truncated", "nothing trained", "tokens", "trained tokens")
 
-def stats_table(data: PreparedData) -> Table:
-    """Per-source rows kept and dropped, and token counts."""
-    table = Table(title="datasets")
-    for column in ("source", "rows", "kept", "too long", "nothing trained", "tokens", "trained tokens"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for s in data.sources:
-        table.add_row(
-            s.path,
-            f"{s.rows:,}",
-            f"{s.kept:,}",
-            f"{s.too_long:,}",
-            f"{s.nothing_trained:,}",
-            f"{s.tokens:,}",
-            f"{s.trained_tokens:,}",
+
+def stats_table(title: str, sources: list[SourceStats]) -> Table:
+    """Per-source rows kept and dropped (by reason) and token counts."""
+    table = Table(title=title)
+    table.add_column("source")
+    for column in COLUMNS:
+        table.add_column(column, justify="right")
+    for s in sources:
+        values = (
+            s.rows,
+            s.kept,
+            s.invalid,
+            s.too_long,
+            s.truncated,
+            s.nothing_trained,
+            s.tokens,
+            s.trained_tokens,
         )
+        table.add_row(f"{s.path} ({s.split})", *(f"{v:,}" for v in values))
     return table
 
 
-def run_preprocess(
-    cfg: FtkConfig, manager: FtkPluginManager, console: Console, debug_rows: int = 0, use_cache: bool = True
-) -> PreparedData:
-    """Prepare the datasets of ``cfg`` into the cache; with ``debug_rows``, print that many rows."""
-    tokenizer = load_tokenizer(cfg, manager.hook)
-    data = prepare_data(cfg, tokenizer, manager.collect_registrations(), use_cache=use_cache)
-    console.print(stats_table(data))
-    eval_rows = len(data.eval) if data.eval is not None else 0
-    origin = "reused from cache" if data.from_cache else "written"
+def report(data: PreparedData, console: Console) -> None:
+    """Print the per-source tables, skipped-row examples and where the cache is."""
+    console.print(stats_table("datasets", data.sources))
+    if data.eval_sources:
+        console.print(stats_table("test_datasets", data.eval_sources))
+    for source in [*data.sources, *data.eval_sources]:
+        for problem in source.invalid_examples:
+            console.print(f"skipped {source.path}: {problem}", markup=False, highlight=False)
+    summary = data.summary()
+    origin = "reused" if data.from_cache else "written"
     console.print(
-        f"train rows: {len(data.train):,}  eval rows: {eval_rows:,}  cache {origin}: {data.cache_dir}",
+        f"train rows: {summary['train_rows']:,}  eval rows: {summary['eval_rows']:,}  "
+        f"cache {origin}: {data.cache_dir}",
         markup=False,
         highlight=False,
     )
+
+
+def run_preprocess(
+    cfg: FtkConfig,
+    manager: FtkPluginManager,
+    console: Console,
+    debug_rows: int = 0,
+    text_only: bool = False,
+    as_json: bool = False,
+    use_cache: bool = True,
+) -> PreparedData:
+    """Prepare the datasets of ``cfg`` into the cache; report as a table, as JSON, or row by row."""
+    tokenizer = load_tokenizer(cfg, manager.hook)
+    data = prepare_data(cfg, tokenizer, manager.collect_registrations(), use_cache=use_cache)
+    if as_json:
+        print(json.dumps(data.summary()))
+        return data
+    report(data, console)
     if debug_rows:
         console.print(legend())
         for index in range(min(debug_rows, len(data.train))):
-            console.print(render_row(data.train[index], tokenizer, index))
+            console.print(render_row(data.train[index], tokenizer, index, text_only=text_only))
     return data

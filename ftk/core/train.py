@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import yaml
+from rich.console import Console
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from ftk.core.config.loader import dump_config
@@ -86,14 +87,23 @@ def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
     return path
 
 
-def run_training(cfg: FtkConfig, manager: FtkPluginManager) -> TrainResult:
+def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | None = None) -> TrainResult:
     """Fine-tune as ``cfg`` says and save the adapter (or full weights) and tokenizer to ``output_dir``."""
+    console = console or Console(stderr=True)
     hooks = manager.hook
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg, hooks)
     # Data first: a bad row fails the run before anything is written to output_dir.
     data = prepare_data(cfg, tokenizer, registry)
+    summary = data.summary()
+    console.print(
+        f"data: {summary['train_rows']:,} train rows, {summary['eval_rows']:,} eval rows, "
+        f"{summary['trained_tokens']:,} of {summary['tokens']:,} tokens trained; "
+        f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}",
+        markup=False,
+        highlight=False,
+    )
     model = load_model(cfg, hooks, tokenizer)
 
     callbacks = [callback for group in hooks.trainer_callbacks(cfg=cfg) for callback in group or []]

@@ -19,6 +19,8 @@ from ftk.core.errors import FtkError
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 from ftk.core.registry import Registry, Strategy
 
+DATASET_LIST_KEYS = ("datasets", "test_datasets")
+
 
 def format_loc(loc: Loc) -> str:
     """``("datasets", 0, "path")`` -> ``datasets[0].path``."""
@@ -149,7 +151,7 @@ def resolve_strategy(registry: Registry, type_name: str) -> Strategy:
 
 
 def _validate_dataset_options(
-    raw_datasets: Any, registry: Registry, errors: ConfigErrors
+    raw_datasets: Any, registry: Registry, errors: ConfigErrors, key: str
 ) -> dict[int, BaseModel]:
     """Check each dataset's strategy-specific keys against that strategy's options model.
 
@@ -162,7 +164,7 @@ def _validate_dataset_options(
     for index, raw in enumerate(raw_datasets):
         if not isinstance(raw, dict):
             continue
-        loc: Loc = ("datasets", index)
+        loc: Loc = (key, index)
         type_name = raw.get("type", DatasetConfig.model_fields["type"].default)
         try:
             strategy = resolve_strategy(registry, str(type_name))
@@ -187,7 +189,10 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
     registry = manager.collect_registrations()
     model = build_config_model(registry.sections)
     errors = ConfigErrors(source)
-    options = _validate_dataset_options(source.data.get("datasets"), registry, errors)
+    options = {
+        key: _validate_dataset_options(source.data.get(key), registry, errors, key)
+        for key in DATASET_LIST_KEYS
+    }
     try:
         cfg = model.model_validate(source.data)
     except ValidationError as exc:
@@ -197,10 +202,11 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
     for loc, message in cfg.combination_problems():
         errors.add(loc, message)
     errors.raise_if_any()
-    for index, dataset in enumerate(cfg.datasets):
-        dataset._options = options.get(index)
-        for key, value in (dataset._options.model_dump() if dataset._options else {}).items():
-            setattr(dataset, key, value)
+    for key in DATASET_LIST_KEYS:
+        for index, dataset in enumerate(getattr(cfg, key)):
+            dataset._options = options[key].get(index)
+            for name, value in (dataset._options.model_dump() if dataset._options else {}).items():
+                setattr(dataset, name, value)
     return cfg
 
 

@@ -47,6 +47,9 @@ class DatasetConfig(BaseModel):
     ds_type: Literal["json", "parquet", "csv", "arrow"] | None = Field(
         None, description="File format when it cannot be inferred from the extension."
     )
+    max_samples: int | None = Field(
+        None, gt=0, description="Use only the first N rows of this source (before tokenization)."
+    )
 
     _options: BaseModel | None = PrivateAttr(default=None)
 
@@ -86,7 +89,18 @@ class FtkConfig(StrictModel):
 
     # --- data ---
     datasets: list[DatasetConfig] = Field(min_length=1, description="Training data sources.")
-    sequence_len: int = Field(2048, gt=0, description="Maximum tokens per example; longer rows are dropped.")
+    test_datasets: list[DatasetConfig] = Field(
+        default_factory=list, description="Evaluation data sources (instead of val_set_size)."
+    )
+    sequence_len: int = Field(2048, gt=0, description="Maximum tokens per example.")
+    excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
+        "drop", description="Examples longer than sequence_len: drop them, cut them, or stop with an error."
+    )
+    invalid_rows: Literal["raise", "skip"] = Field(
+        "raise",
+        description="Rows a strategy cannot use (missing field, unknown role): stop, or skip and count.",
+    )
+    shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed training rows with the seed.")
     sample_packing: bool = Field(False, description="Pack several examples into one sequence.")
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens, not only on responses.")
     val_set_size: float = Field(
@@ -141,6 +155,8 @@ class FtkConfig(StrictModel):
             problems.append((("warmup_steps",), "warmup_ratio and warmup_steps are both set; choose one"))
         if self.chat_template == "jinja" and not self.chat_template_jinja:
             problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
+        if self.test_datasets and self.val_set_size:
+            problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
         if self.sample_packing:
             problems.append(
                 (("sample_packing",), "packing is not available in this version of ftk; set it to false")

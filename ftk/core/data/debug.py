@@ -1,4 +1,4 @@
-"""Show tokenized rows to a person: each token, coloured by whether it is trained."""
+"""Show tokenized rows to a person: each token coloured by whether it is trained, plus warnings."""
 
 from __future__ import annotations
 
@@ -12,21 +12,50 @@ TRAINED_STYLE = "bold green"
 MASKED_STYLE = "grey50"
 
 
-def render_row(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, index: int) -> Text:
-    """One row as rich Text: trained tokens in green, masked ones grey; ids in ``[...]`` after each.
+def row_warnings(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Signs of a broken mask: nothing trained, an untrained end-of-turn token, a doubled BOS."""
+    ids, labels = example["input_ids"], example["labels"]
+    trained = [label != IGNORE_INDEX for label in labels]
+    warnings = []
+    if not any(trained):
+        warnings.append("no token is trained")
+    special = set(tokenizer.all_special_ids)
+    for position in range(1, len(ids)):
+        # A trained span followed by a special token that is not trained: the model never learns to stop.
+        if trained[position - 1] and not trained[position] and ids[position] in special:
+            name = tokenizer.convert_ids_to_tokens(ids[position])
+            warnings.append(f"end-of-turn token {name} at position {position} is not trained")
+            break
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos]:
+        warnings.append(
+            f"two BOS tokens ({tokenizer.bos_token}) at the start: the template and the tokenizer both add one"
+        )
+    return warnings
 
-    Whitespace inside tokens is made visible (``\\n`` for newlines) so that masks at turn
-    boundaries can be read exactly.
+
+def render_row(
+    example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, index: int, text_only: bool = False
+) -> Text:
+    """One row as rich Text: trained tokens green, masked ones grey, each followed by ``[id]``.
+
+    With ``text_only`` the decoded text is shown without ids, trained spans highlighted.
+    Newlines inside tokens are shown as ``\\n`` so that masks at turn boundaries can be read exactly.
     """
     ids, labels = example["input_ids"], example["labels"]
     trained = sum(1 for label in labels if label != IGNORE_INDEX)
     text = Text(f"row {index}: {len(ids)} tokens, {trained} trained\n", style="bold")
     for token_id, label in zip(ids, labels, strict=True):
-        piece = tokenizer.decode([token_id]).replace("\n", "\\n")
         style = TRAINED_STYLE if label != IGNORE_INDEX else MASKED_STYLE
-        text.append(piece, style=style)
-        text.append(f"[{token_id}]", style=f"dim {'green' if label != IGNORE_INDEX else ''}".strip())
+        piece = tokenizer.decode([token_id])
+        if text_only:
+            text.append(piece, style=style)
+            continue
+        text.append(piece.replace("\n", "\\n"), style=style)
+        text.append(f"[{token_id}]", style="dim")
         text.append(" ")
+    for warning in row_warnings(example, tokenizer):
+        text.append(f"\nwarning: {warning}", style="bold yellow")
     return text
 
 
