@@ -151,9 +151,7 @@ TRIMMING = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
     "{% endfor %}"
 )
-TILDE_JOIN = (
-    "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' }}{% endfor %}"
-)
+TILDE_JOIN = "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\\n' ~ m['content'] ~ '<|im_end|>\\n' }}{% endfor %}"
 # `replace` returns a plain str: the content is no longer tracked and must be found by search.
 REPLACING = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | replace('\\r', '') "

@@ -146,7 +146,9 @@ def test_plugin_section_is_accepted_and_validated(tmp_path):
     assert cfg.section("smoothing").epsilon == 0.2
     assert manager.infos[plugin].source == "config"
 
-    bad = write(tmp_path, BASE + f"plugins: [{plugin}]\nsmoothing:\n  epsilon: 2\n  enabeld: true\n", "bad.yaml")
+    bad = write(
+        tmp_path, BASE + f"plugins: [{plugin}]\nsmoothing:\n  epsilon: 2\n  enabeld: true\n", "bad.yaml"
+    )
     assert errors_of(bad) == [
         f"{bad}:7: smoothing.epsilon: Input should be less than or equal to 1 (got 2)",
         f"{bad}:8: smoothing.enabeld: unknown key (did you mean 'enabled'?)",
@@ -159,7 +161,10 @@ def test_section_unknown_without_its_plugin(tmp_path):
 
 
 def test_custom_strategy_import_error_is_reported_as_itself(tmp_path):
-    path = write(tmp_path, "base_model: m\ndatasets:\n  - path: a.jsonl\n    type: tests.fixture_plugins.broken_plugin.build\n")
+    path = write(
+        tmp_path,
+        "base_model: m\ndatasets:\n  - path: a.jsonl\n    type: tests.fixture_plugins.broken_plugin.build\n",
+    )
     (line,) = errors_of(path)
     assert "ftk_dependency_that_does_not_exist" in line
     assert "unknown strategy" not in line

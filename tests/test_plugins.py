@@ -81,14 +81,18 @@ def test_broken_entry_point_is_an_error_naming_it(tmp_path, monkeypatch):
     with pytest.raises(PluginImportError) as info:
         create_plugin_manager()
     message = str(info.value)
-    assert message.startswith("plugin 'broken' (entry point (ftk_broken), 'ftk_broken_module') failed to import")
+    assert message.startswith(
+        "plugin 'broken' (entry point (ftk_broken), 'ftk_broken_module') failed to import"
+    )
     assert "ModuleNotFoundError: No module named 'not_a_real_module_xyz'" in message
     assert "ftk_broken_module.py:1" in message
 
 
 def test_broken_config_plugin_via_cli_exits_2(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("base_model: m\ndatasets: [{path: a.jsonl}]\nplugins: [tests.fixture_plugins.broken_plugin]\n")
+    cfg.write_text(
+        "base_model: m\ndatasets: [{path: a.jsonl}]\nplugins: [tests.fixture_plugins.broken_plugin]\n"
+    )
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: plugin 'tests.fixture_plugins.broken_plugin' (config, module ")
@@ -109,15 +113,17 @@ def test_config_plugin_overrides_first_result_hook():
 def test_trace_prints_calls_implementations_and_results():
     env = {**os.environ, "FTK_TRACE_HOOKS": "1", "PYTHONPATH": str(REPO)}
     code = (
+        "from ftk.core.config.schema import FtkConfig\n"
         "from ftk.core.plugins import create_plugin_manager\n"
         "m = create_plugin_manager()\n"
-        "m.hook.trainer_callbacks(cfg=None)\n"
+        "m.hook.trainer_callbacks(cfg=FtkConfig(base_model='m', datasets=[{'path': 'd'}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     lines = result.stderr.splitlines()
     assert any(
-        line.startswith("[ftk trace] call trainer_callbacks(cfg=None) -> implementations: ")
-        and "progress" in line and "metrics_log" in line
+        line.startswith("[ftk trace] call trainer_callbacks(cfg=FtkConfig(") and "-> implementations: " in line
+        and "progress" in line
+        and "metrics_log" in line
         for line in lines
     ), result.stderr
     assert any(line.startswith("[ftk trace] trainer_callbacks returned [[") for line in lines), result.stderr

@@ -11,6 +11,10 @@ from pydantic import BaseModel
 
 from ftk.core.errors import FtkError
 
+Features = dict[str, list[int]]
+#: What a strategy's row function returns: one example, or several (e.g. a document split in chunks).
+RowFeatures = Features | list[Features]
+
 
 @dataclass(frozen=True)
 class Command:
@@ -28,7 +32,7 @@ class Strategy:
     """A prompt strategy: ``build(dataset, tokenizer, cfg)`` returns a function from a row to features."""
 
     name: str
-    build: Callable[..., Callable[[dict[str, Any]], dict[str, list[int]]]]
+    build: Callable[..., Callable[[dict[str, Any]], RowFeatures]]
     options_model: type[BaseModel] | None = None
     plugin: str = ""
 
@@ -51,7 +55,7 @@ class StrategyRegistrar(Protocol):
     def __call__(
         self,
         name: str,
-        build: Callable[..., Callable[[dict[str, Any]], dict[str, list[int]]]],
+        build: Callable[..., Callable[[dict[str, Any]], RowFeatures]],
         options_model: type[BaseModel] | None = None,
     ) -> None: ...
 

@@ -64,7 +64,8 @@ def _append(
     out["labels"].append(labels)
     out["attention_mask"].append(mask)
     out["length"].append(len(ids))
-    out["trained"].append(sum(1 for label in labels if label != IGNORE_INDEX))
+    # labels[0] is never a target (position t predicts label t+1), so it does not count.
+    out["trained"].append(sum(1 for label in labels[1:] if label != IGNORE_INDEX))
     out["problem"].append(problem)
     out["detail"].append(detail)
 
@@ -119,7 +120,7 @@ class RowConverter:
             else:
                 ids, labels, mask = ids[:limit], labels[:limit], mask[:limit]
                 problem = "truncated"
-        if problem != TOO_LONG and not any(label != IGNORE_INDEX for label in labels):
+        if problem != TOO_LONG and not any(label != IGNORE_INDEX for label in labels[1:]):
             problem = NOTHING_TRAINED
         _append(out, ids, labels, mask, problem, "")
 
