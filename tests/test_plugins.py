@@ -121,7 +121,8 @@ def test_trace_prints_calls_implementations_and_results():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     lines = result.stderr.splitlines()
     assert any(
-        line.startswith("[ftk trace] call trainer_callbacks(cfg=FtkConfig(") and "-> implementations: " in line
+        line.startswith("[ftk trace] call trainer_callbacks(cfg=FtkConfig(")
+        and "-> implementations: " in line
         and "progress" in line
         and "metrics_log" in line
         for line in lines
