@@ -17,14 +17,11 @@ arguments give the same weights, byte for byte, run to run on one machine.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gzip
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftk.core.errors import FtkError
+from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
 if TYPE_CHECKING:
     import torch
@@ -224,37 +222,6 @@ def _learning_rate(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-@contextlib.contextmanager
-def _large_allocations_from_the_heap() -> Iterator[None]:
-    """On glibc, keep the warm-up's large temporary tensors on the heap instead of fresh mmaps.
-
-    Every step allocates and frees several logits-sized tensors (256 x 151,680 floats, 155 MB).
-    glibc serves each one with a new ``mmap`` and returns it on free, so each step page-faults
-    hundreds of MB in again: about half of the warm-up's time.  Raising the mmap and trim
-    thresholds for the duration of the warm-up halves it; the defaults are restored afterwards
-    and the freed memory handed back with ``malloc_trim``.  Elsewhere this does nothing.
-    """
-    mallopt = malloc_trim = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-        except (OSError, AttributeError):
-            mallopt = None
-    if mallopt is None or malloc_trim is None:
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold, default = -1, -3, 128 * 1024
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 1 << 30)
-    try:
-        yield
-    finally:
-        mallopt(m_mmap_threshold, default)
-        mallopt(m_trim_threshold, default)
-        malloc_trim(0)
-
-
 def warm_up(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -297,7 +264,7 @@ def warm_up(
     model.train()
     losses: list[float] = []
     try:
-        with _large_allocations_from_the_heap():
+        with large_allocations_from_the_heap():
             for step in range(steps):
                 if position + batch_size > len(order):
                     order = torch.randperm(len(blocks), generator=generator)

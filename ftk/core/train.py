@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
 from ftk.core.trainer import FtkTrainer
+from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
 RESOLVED_CONFIG_NAME = "ftk_config.yaml"
 
@@ -119,7 +121,9 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         hooks=hooks,
     )
     trainer.remove_callback(PrinterCallback)
-    output = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    on_cpu = trainer.args.device.type == "cpu"
+    with large_allocations_from_the_heap() if on_cpu else contextlib.nullcontext():
+        output = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     eval_loss = None
     if data.eval is not None:
         last = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
