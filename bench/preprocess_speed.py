@@ -8,7 +8,7 @@ the same rows with the tiny model's tokenizer (Qwen BPE, ChatML). The script che
 train the same number of tokens and prints one table: tokens per second with one process and
 with every core, and the ratio.
 
-    python bench/preprocess_speed.py [--data ../shared/bench-data/chat.jsonl] [--sequence-len 512]
+    python bench/preprocess_speed.py [--data ../shared/bench-data/chat.jsonl] [--repeat N] [--json-out F]
 """
 
 from __future__ import annotations
@@ -92,12 +92,13 @@ def main() -> int:
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="'all cores' column")
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
+    parser.add_argument("--repeat", type=int, default=1, help="use the rows this many times (a larger set)")
     args = parser.parse_args()
 
     import datasets
 
     datasets.disable_progress_bars()
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()] * args.repeat
     dataset = Dataset.from_list([{"messages": row["messages"]} for row in rows])
     tokenizer = build_tokenizer()
     cfg = FtkConfig(base_model="tiny", datasets=[DatasetConfig(path=str(args.data))])

@@ -24,6 +24,7 @@ from ftk.prompt_strategies.templates import resolve_chat_template
 
 IGNORE_INDEX = -100
 CANONICAL_ROLES = ("system", "user", "assistant", "tool")
+SCAFFOLD_CACHE_SIZE = 4096
 
 
 class ChatTemplateOptions(StrictModel):
@@ -132,6 +133,19 @@ class ChatTemplateTokenizer:
         self.special_ids = set(tokenizer.all_special_ids) | {
             token_id for token_id, added in tokenizer.added_tokens_decoder.items() if added.special
         }
+        # Template text repeats from row to row ("<|im_end|>\n<|im_start|>assistant\n"): tokenize each once.
+        self._scaffold_cache: dict[str, list[int]] = {}
+
+    def _scaffold_ids(self, scaffolds: list[str]) -> list[list[int]]:
+        """Token ids of template text pieces (control tokens recognised), cached by text."""
+        cache = self._scaffold_cache
+        missing = list({text for text in scaffolds if text not in cache})
+        if missing:
+            if len(cache) > SCAFFOLD_CACHE_SIZE:
+                cache.clear()
+            encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
+            cache.update(zip(missing, encoded, strict=True))
+        return [list(cache[text]) for text in scaffolds]
 
     def _trains(self, message: dict) -> bool:
         if message["train"] is not None:
@@ -161,7 +175,7 @@ class ChatTemplateTokenizer:
             contents.append(rendered[start:end])
             cursor = end
         scaffolds.append(rendered[cursor:])
-        scaffold_ids = self.tokenizer(scaffolds, add_special_tokens=False)["input_ids"]
+        scaffold_ids = self._scaffold_ids(scaffolds)
         content_ids = self.tokenizer(contents, add_special_tokens=False, split_special_tokens=True)[
             "input_ids"
         ]

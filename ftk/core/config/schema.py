@@ -109,7 +109,11 @@ class FtkConfig(StrictModel):
     dataset_prepared_path: str = Field(
         "last_run_prepared", description="Directory of the tokenized-data cache."
     )
-    dataset_processes: int | None = Field(None, gt=0, description="Processes for tokenization.")
+    dataset_processes: int | None = Field(
+        None,
+        gt=0,
+        description="Processes for tokenization (default: all cores from 20,000 rows on, else one).",
+    )
 
     # --- batch and schedule ---
     micro_batch_size: int = Field(1, gt=0, description="Examples per device per forward pass.")

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 TRAINED_STYLE = "bold green"
-MASKED_STYLE = "grey50"
+MASKED_STYLE = "dim"
 
 
 def row_warnings(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -44,7 +44,8 @@ def render_row(
     """
     ids, labels = example["input_ids"], example["labels"]
     trained = sum(1 for label in labels if label != IGNORE_INDEX)
-    text = Text(f"row {index}: {len(ids)} tokens, {trained} trained\n", style="bold")
+    text = Text()
+    text.append(f"row {index}: {len(ids)} tokens, {trained} trained\n", style="bold")
     for token_id, label in zip(ids, labels, strict=True):
         style = TRAINED_STYLE if label != IGNORE_INDEX else MASKED_STYLE
         piece = tokenizer.decode([token_id])
@@ -52,7 +53,7 @@ def render_row(
             text.append(piece, style=style)
             continue
         text.append(piece.replace("\n", "\\n"), style=style)
-        text.append(f"[{token_id}]", style="dim")
+        text.append(f"[{token_id}]", style="green" if label != IGNORE_INDEX else "dim")
         text.append(" ")
     for warning in row_warnings(example, tokenizer):
         text.append(f"\nwarning: {warning}", style="bold yellow")

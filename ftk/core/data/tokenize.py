@@ -11,6 +11,7 @@ Policies (top-level config keys):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ftk.core.registry import Registry
 IGNORE_INDEX = -100
 FEATURES = ("input_ids", "labels", "attention_mask")
 MAX_EXAMPLE_PROBLEMS = 5
+AUTO_PARALLEL_ROWS = 20_000
 
 # Why an example was dropped; "" means kept.
 KEPT, INVALID, TOO_LONG, NOTHING_TRAINED = "", "invalid", "too_long", "nothing_trained"
@@ -125,6 +127,18 @@ class RowConverter:
         _append(out, ids, labels, mask, problem, "")
 
 
+def tokenizing_processes(cfg: FtkConfig, rows: int) -> int | None:
+    """``dataset_processes`` if set; else every core for large sources, one process for small ones.
+
+    Starting workers costs about two seconds (each receives the strategy and its tokenizer), so
+    below ~20,000 rows one process is faster (docs/benchmarks.md).
+    """
+    if cfg.dataset_processes is not None:
+        return cfg.dataset_processes if cfg.dataset_processes > 1 else None
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 and rows >= AUTO_PARALLEL_ROWS else None
+
+
 def tokenize_source(
     raw: Dataset,
     dataset: DatasetConfig,
@@ -142,7 +156,7 @@ def tokenize_source(
         batched=True,
         with_indices=True,
         remove_columns=raw.column_names,
-        num_proc=cfg.dataset_processes,
+        num_proc=tokenizing_processes(cfg, len(raw)),
         desc=f"Tokenizing {Path(dataset.path).name}",
     )
     problems, lengths, trained = tokenized["problem"], tokenized["length"], tokenized["trained"]
