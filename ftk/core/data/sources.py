@@ -49,12 +49,16 @@ def load_source(dataset: DatasetConfig, where: str) -> Dataset:
                     )
                 return loaded[dataset.split]
             return loaded
-        if path.is_dir():
-            return datasets.load_dataset(str(path), data_files=dataset.data_files, split=dataset.split)
-        if path.suffix.lower() in EXTENSION_BUILDERS or dataset.path.startswith((".", "/", "~")):
+        if not path.is_dir() and (
+            path.suffix.lower() in EXTENSION_BUILDERS or dataset.path.startswith((".", "/", "~"))
+        ):
             raise FtkError(f"{where}.path: no such file or directory: {dataset.path!r}")
+        # A data folder and a Hub dataset name take the same road: datasets resolves both.
         return datasets.load_dataset(
-            dataset.path, name=dataset.name, data_files=dataset.data_files, split=dataset.split
+            str(path) if path.is_dir() else dataset.path,
+            name=dataset.name,
+            data_files=dataset.data_files,
+            split=dataset.split,
         )
     except FtkError:
         raise
