@@ -213,3 +213,26 @@ def test_debug_view_marks_trained_tokens_and_warns(tmp_path, tiny_model_dir, tok
     out = capsys.readouterr().out
     assert "row 0: 13 tokens, 3 trained" in out
     assert "Hello[9707]" in out and "<|im_end|>[151645]" in out
+
+
+def test_custom_strategy_function_runs_through_the_pipeline(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"body": "quiet words"}])
+    cfg = make_config(tmp_path, tiny_model_dir, data)
+    cfg.write_text(
+        cfg.read_text().replace(
+            f"  - path: {data}\n",
+            f"  - path: {data}\n    type: tests.fixture_plugins.custom_strategy.shout\n    field: body\n",
+        )
+    )
+    prepared = prepare(cfg, tokenizer)
+    assert prepared.train["input_ids"] == [tokenizer("QUIET WORDS", add_special_tokens=False)["input_ids"]]
+
+
+def test_tokenizer_change_misses_the_cache(tmp_path, tiny_model_dir, tokenizer):
+    data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
+    cfg = make_config(tmp_path, tiny_model_dir, data)
+    first = prepare(cfg, tokenizer)
+    grown = AutoTokenizer.from_pretrained(tiny_model_dir)
+    grown.add_special_tokens({"additional_special_tokens": ["<|new_token|>"]})
+    changed = prepare(cfg, grown)
+    assert not changed.from_cache and changed.cache_dir != first.cache_dir

@@ -92,9 +92,12 @@ def test_lora_run_trains_saves_and_reloads(tmp_path, tiny_model_dir, small_chat)
 
 
 @pytest.mark.slow
-def test_cli_train_with_overrides_exits_0(tmp_path, tiny_model_dir, small_chat, capsys):
+def test_cli_preprocess_then_train_reuses_the_cache(tmp_path, tiny_model_dir, small_chat, capsys):
     cfg = write_config(tmp_path, tiny_model_dir, small_chat)
-    assert main(["train", str(cfg), "--max_steps", "2", "--val_set_size", "0"]) == 0
+    overrides = ["--max_steps", "2", "--val_set_size", "0"]
+    assert main(["preprocess", str(cfg), *overrides]) == 0
+    assert "cache written" in capsys.readouterr().out
+    assert main(["train", str(cfg), *overrides]) == 0
+    assert "reusing cached data in" in capsys.readouterr().err
     entries = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert max(e["step"] for e in entries) == 2
-    assert "training finished" in capsys.readouterr().out

@@ -45,7 +45,7 @@ def report(data: PreparedData, console: Console) -> None:
         console.print(stats_table("test_datasets", data.eval_sources))
     for source in [*data.sources, *data.eval_sources]:
         for problem in source.invalid_examples:
-            console.print(f"skipped {source.path}: {problem}", markup=False, highlight=False)
+            console.print(f"skipped {source.path}: {problem}", markup=False, highlight=False, soft_wrap=True)
     summary = data.summary()
     origin = "reused" if data.from_cache else "written"
     console.print(
@@ -53,6 +53,7 @@ def report(data: PreparedData, console: Console) -> None:
         f"cache {origin}: {data.cache_dir}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
 
 

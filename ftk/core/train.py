@@ -105,6 +105,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     model = load_model(cfg, hooks, tokenizer)
 
