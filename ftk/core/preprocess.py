@@ -50,7 +50,7 @@ def report(data: PreparedData, console: Console) -> None:
     origin = "reused" if data.from_cache else "written"
     console.print(
         f"train rows: {summary['train_rows']:,}  eval rows: {summary['eval_rows']:,}  "
-        f"cache {origin}: {data.cache_dir}",
+        f"cache {origin}: {data.cache_dir}" + data.packing_note(),
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -102,7 +102,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     console.print(
         f"data: {summary['train_rows']:,} train rows, {summary['eval_rows']:,} eval rows, "
         f"{summary['trained_tokens']:,} of {summary['tokens']:,} tokens trained; "
-        f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}",
+        f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}" + data.packing_note(),
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -115,7 +115,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         args=training_arguments(cfg, has_eval=data.eval is not None),
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=PaddingCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=PaddingCollator(pad_token_id=tokenizer.pad_token_id),  # unpacked batches
         processing_class=tokenizer,
         callbacks=callbacks,
         cfg=cfg,

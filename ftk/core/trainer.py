@@ -10,10 +10,19 @@ import time
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from ftk.core.config.schema import FtkConfig
+from ftk.core.data.packing import REAL_TOKENS_KEY, PackedBatchSampler, PackedDataset, PackingCollator
 from ftk.core.errors import FtkError
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` (called by Trainer each epoch) reaches its batch sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 class FtkTrainer(Trainer):
@@ -40,6 +49,7 @@ class FtkTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
         """Delegate to the ``compute_loss`` hook (the default plugin: token-mean cross-entropy)."""
+        inputs = {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
         loss = self.hooks.compute_loss(
             cfg=self.cfg, model=model, inputs=inputs, num_items_in_batch=num_items_in_batch
         )
@@ -57,12 +67,46 @@ class FtkTrainer(Trainer):
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any):
         """Count the real tokens of the micro-batch (on device, no sync), then train on it."""
-        mask = inputs.get("attention_mask")
-        if mask is not None:
-            if self._tokens_seen.device != mask.device:
-                self._tokens_seen = self._tokens_seen.to(mask.device)
-            self._tokens_seen += mask.sum()
+        # Packed batches say how many tokens are real; padded ones have an attention mask.
+        real = inputs.get(REAL_TOKENS_KEY)
+        if real is None and inputs.get("attention_mask") is not None:
+            real = inputs["attention_mask"].sum()
+        if real is not None:
+            if self._tokens_seen.device != real.device:
+                self._tokens_seen = self._tokens_seen.to(real.device)
+            self._tokens_seen += real
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Packed batches when ``sample_packing`` is on, else transformers' own loader."""
+        if not self.cfg.sample_packing:
+            return super().get_train_dataloader()
+        return self._packed_dataloader(self.train_dataset, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        """Packed eval batches when eval packing is on (never reshuffled), else transformers' own."""
+        if not self.cfg.packs_eval:
+            return super().get_eval_dataloader(eval_dataset)
+        dataset = eval_dataset if eval_dataset is not None and not isinstance(eval_dataset, str) else None
+        return self._packed_dataloader(dataset if dataset is not None else self.eval_dataset, shuffle=False)
+
+    def _packed_dataloader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        sampler = PackedBatchSampler(
+            dataset["length"],
+            capacity=self.cfg.sequence_len,
+            micro_batch_size=self.cfg.micro_batch_size,
+            seed=self.cfg.seed,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+            shuffle=shuffle,
+        )
+        return EpochDataLoader(
+            PackedDataset(dataset),
+            batch_sampler=sampler,
+            collate_fn=PackingCollator(pad_token_id=self.processing_class.pad_token_id),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """Build the optimizer through the ``create_optimizer`` hook."""

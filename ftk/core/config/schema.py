@@ -101,7 +101,12 @@ class FtkConfig(StrictModel):
         description="Rows a strategy cannot use (missing field, unknown role): stop, or skip and count.",
     )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle the mixed training rows with the seed.")
-    sample_packing: bool = Field(False, description="Pack several examples into one sequence.")
+    sample_packing: bool = Field(
+        False, description="Pack several examples into each sequence_len row, with no attention across them."
+    )
+    eval_sample_packing: bool | None = Field(
+        None, description="Pack eval data too (default: as sample_packing)."
+    )
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens, not only on responses.")
     val_set_size: float = Field(
         0.0, ge=0.0, description="Held-out eval share (< 1) or number of rows (>= 1)."
@@ -161,11 +166,12 @@ class FtkConfig(StrictModel):
             problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
         if self.test_datasets and self.val_set_size:
             problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
-        if self.sample_packing:
-            problems.append(
-                (("sample_packing",), "packing is not available in this version of ftk; set it to false")
-            )
         return problems
+
+    @property
+    def packs_eval(self) -> bool:
+        """Whether eval batches are packed."""
+        return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
 
     def section(self, name: str) -> Any:
         """Return a plugin's config section by name (None when absent from the config)."""

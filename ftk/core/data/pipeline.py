@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftk import __version__
 from ftk.core.config.schema import DatasetConfig, FtkConfig
+from ftk.core.data.packing import pack_lengths, packing_efficiency
 from ftk.core.data.sources import load_source, source_fingerprint
 from ftk.core.data.tokenize import SourceStats, tokenize_source
 from ftk.core.errors import FtkError
@@ -43,6 +44,8 @@ DATA_KEYS = (
     "seed",
     "chat_template",
     "chat_template_jinja",
+    "sample_packing",
+    "eval_sample_packing",
 )
 
 
@@ -56,6 +59,17 @@ class PreparedData:
     from_cache: bool
     sources: list[SourceStats] = field(default_factory=list)
     eval_sources: list[SourceStats] = field(default_factory=list)
+    packing: dict | None = None  # {"bins", "efficiency"} of the first epoch, when packing
+
+    def packing_note(self) -> str:
+        """``; packed N examples into M rows of L tokens, E% real tokens``, or "" when not packed."""
+        if not self.packing:
+            return ""
+        p = self.packing
+        return (
+            f"; packed {p['rows']:,} examples into {p['bins']:,} rows of {p['capacity']:,} tokens, "
+            f"{p['efficiency']:.2%} real tokens"
+        )
 
     def summary(self) -> dict:
         """Counts as plain data (for ``ftk preprocess --json`` and the cache's metadata)."""
@@ -68,6 +82,7 @@ class PreparedData:
             "from_cache": self.from_cache,
             "datasets": [asdict(s) for s in self.sources],
             "test_datasets": [asdict(s) for s in self.eval_sources],
+            "packing": self.packing,
         }
 
 
@@ -134,6 +149,17 @@ def _mix(
     return data, stats
 
 
+def packing_summary(lengths: list[int], cfg: FtkConfig) -> dict:
+    """Rows, bins and efficiency (real tokens over token slots) of the first epoch's packing."""
+    bins = pack_lengths(lengths, cfg.sequence_len, cfg.seed)
+    return {
+        "rows": len(lengths),
+        "bins": len(bins),
+        "capacity": cfg.sequence_len,
+        "efficiency": round(packing_efficiency(bins, lengths, cfg.sequence_len), 6),
+    }
+
+
 def _split_eval(data: Dataset, cfg: FtkConfig) -> tuple[Dataset, Dataset | None]:
     if not cfg.val_set_size:
         return data, None
@@ -153,7 +179,7 @@ def _load_cached(directory: Path) -> PreparedData | None:
     eval_set = datasets.load_from_disk(str(directory / "eval")) if (directory / "eval").is_dir() else None
     sources = [SourceStats(**item) for item in info["datasets"]]
     eval_sources = [SourceStats(**item) for item in info["test_datasets"]]
-    return PreparedData(train, eval_set, directory, True, sources, eval_sources)
+    return PreparedData(train, eval_set, directory, True, sources, eval_sources, info.get("packing"))
 
 
 def prepare_data(
@@ -180,7 +206,8 @@ def prepare_data(
             train = train.shuffle(seed=cfg.seed).flatten_indices()
         if eval_set is None:
             train, eval_set = _split_eval(train, cfg)
-        prepared = PreparedData(train, eval_set, directory, False, stats, eval_stats)
+        packing = packing_summary(train["length"], cfg) if cfg.sample_packing else None
+        prepared = PreparedData(train, eval_set, directory, False, stats, eval_stats, packing)
         _save(prepared)
     return prepared
 

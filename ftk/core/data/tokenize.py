@@ -173,4 +173,4 @@ def tokenize_source(
         stats.invalid_examples = [d for d, p in zip(details, problems, strict=True) if p == INVALID][
             :MAX_EXAMPLE_PROBLEMS
         ]
-    return tokenized.select(keep).select_columns(list(FEATURES)), stats
+    return tokenized.select(keep).select_columns([*FEATURES, "length"]), stats

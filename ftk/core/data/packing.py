@@ -1,0 +1,192 @@
+"""Sample packing: several examples in one ``sequence_len`` row, with no attention between them.
+
+* ``pack_lengths`` puts examples into bins of at most ``capacity`` tokens: best-fit decreasing,
+  with the bins kept in buckets by remaining room so that each placement costs O(log capacity).
+  Which lengths share a bin depends on the lengths alone, so the number of bins, and therefore of
+  steps, is the same on every epoch and every rank; a seeded shuffle decides which example takes
+  each slot among those of equal length, and the bins' order is shuffled per epoch.
+* ``PackedBatchSampler`` hands each rank its own bins, ``micro_batch_size`` bins per batch, with
+  the same number of batches on every rank.
+* ``PackingCollator`` concatenates a bin's examples into one row. ``position_ids`` restart at
+  every example and there is no ``attention_mask``, which is how transformers recognises packed
+  rows: flash-attention runs varlen, and sdpa, eager and flex attention get a block-diagonal
+  causal mask. The first label of each example is -100, so no token is predicted from the
+  example before it. Padding forms its own example with labels -100, so every query attends to
+  at least itself: no fully masked row, no NaN.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+#: Batch key with the number of real (non-padding) tokens; the trainer removes it before the model.
+REAL_TOKENS_KEY = "num_real_tokens"
+
+
+def _best_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Bins of sizes (already sorted longest first): each size into the fullest bin with room."""
+    bins: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}  # remaining room -> bins with exactly that room
+    rooms: list[int] = []  # sorted distinct keys of by_room
+    for size in sizes:
+        position = bisect.bisect_left(rooms, size)
+        if position == len(rooms):
+            bins.append([size])
+            target, room = len(bins) - 1, capacity - size
+        else:
+            room = rooms[position]
+            target = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room]
+                rooms.pop(position)
+            bins[target].append(size)
+            room -= size
+        if room > 0:
+            if room not in by_room:
+                by_room[room] = []
+                bisect.insort(rooms, room)
+            by_room[room].append(target)
+    return bins
+
+
+def pack_lengths(lengths: Sequence[int], capacity: int, seed: int = 0) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into bins whose total length is at most ``capacity``.
+
+    The bins' shapes (which lengths go together) come from the lengths alone (best-fit
+    decreasing), so every epoch has the same number of bins; ``seed`` decides which example fills
+    each slot among those of equal length.
+    """
+    too_long = next((i for i, n in enumerate(lengths) if n > capacity), None)
+    if too_long is not None:
+        raise ValueError(
+            f"example {too_long} has {lengths[too_long]} tokens, more than the bin capacity {capacity}"
+        )
+    shapes = _best_fit_decreasing(sorted(lengths, reverse=True), capacity)
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    rng = random.Random(seed)
+    for indices in by_length.values():
+        rng.shuffle(indices)
+    return [[by_length[size].pop() for size in shape] for shape in shapes]
+
+
+def packing_efficiency(bins: list[list[int]], lengths: Sequence[int], capacity: int) -> float:
+    """Real tokens over token slots: the share of packed rows that is not padding."""
+    if not bins:
+        return 0.0
+    return sum(lengths[i] for b in bins for i in b) / (len(bins) * capacity)
+
+
+class PackedBatchSampler:
+    """Batches of ``micro_batch_size`` bins for one rank (the last may hold fewer); reshuffled per epoch."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        capacity: int,
+        micro_batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.capacity = capacity
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+        # Best-fit decreasing sees the same sorted lengths every epoch: the bin count never changes.
+        self.num_bins = len(pack_lengths(self.lengths, capacity, seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pack and order the next ``__iter__`` for ``epoch``."""
+        self.epoch = epoch
+
+    def bins(self) -> list[list[int]]:
+        """All bins of the current epoch, in the order they are dealt out."""
+        seed = self.seed + self.epoch if self.shuffle else self.seed
+        bins = pack_lengths(self.lengths, self.capacity, seed)
+        if self.shuffle:
+            random.Random(seed).shuffle(bins)
+        return bins
+
+    @property
+    def bins_per_rank(self) -> int:
+        """Every rank gets this many bins; at most ``world_size - 1`` bins sit out an epoch."""
+        return self.num_bins // self.world_size
+
+    def __len__(self) -> int:
+        return -(-self.bins_per_rank // self.micro_batch_size)
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        mine = self.bins()[self.rank :: self.world_size][: self.bins_per_rank]
+        for start in range(0, len(mine), self.micro_batch_size):
+            yield mine[start : start + self.micro_batch_size]
+
+
+@dataclass
+class PackingCollator:
+    """Turns a batch of bins (each a list of examples) into packed rows for the model."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, batch: list[list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        rows = [self._pack(examples) for examples in batch]
+        longest = max(len(ids) for ids, _, _ in rows)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids, labels, positions = [], [], []
+        real_tokens = 0
+        for ids, row_labels, row_positions in rows:
+            real_tokens += len(ids)
+            padding = longest - len(ids)
+            input_ids.append(ids + [self.pad_token_id] * padding)
+            labels.append(row_labels + [IGNORE_INDEX] * padding)
+            positions.append(row_positions + list(range(padding)))
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            REAL_TOKENS_KEY: torch.tensor(real_tokens, dtype=torch.long),
+        }
+
+    @staticmethod
+    def _pack(examples: list[dict[str, Any]]) -> tuple[list[int], list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for example in examples:
+            example_ids = list(example["input_ids"])
+            ids.extend(example_ids)
+            labels.append(IGNORE_INDEX)  # never predicted from the previous example's last token
+            labels.extend(example["labels"][1:])
+            positions.extend(range(len(example_ids)))
+        return ids, labels, positions
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """Indexable view whose items are whole bins, for a DataLoader driven by PackedBatchSampler."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, batch: list[list[int]]) -> list[list[dict[str, Any]]]:
+        return [[self.data[int(i)] for i in bin_indices] for bin_indices in batch]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.data[int(index)]
