@@ -1,59 +1,163 @@
 """``type: chat_template``: conversations rendered with a chat template, trained per role.
 
-The conversation is rendered once, with each message's content tracked through the template
-(``ftk.integrations.chat_template_spans``), which splits the text into template scaffolding and
-message contents.  Scaffolding is tokenized with
-its control tokens; contents are tokenized as plain text (a ``<|im_end|>`` typed by a user stays
-text), so a message cannot forge a turn.  Labels follow the segments: a message's content is
-trained when its role is in ``roles_to_train``; the end-of-turn token that the template emits
-right after a content is trained as ``train_on_eos`` says.
+**Rendering.**  The conversation is rendered once, with each message's content and reasoning
+tracked through the template (``ftk.integrations.chat_template_spans``), so the rendered text
+comes with the exact span of every message text, and of the data around it (tool calls, tool
+definitions, JSON).  A content the template loses track of (``replace``) is found by a search
+bounded by its neighbours.
+
+**Tokens.**  Message texts are tokenized as plain text (a ``<|im_end|>`` typed by a user stays
+text), so a message cannot forge a turn.  Template text is tokenized with its control tokens
+(cached per distinct string); data inside it is tokenized with it unless the data holds a
+control-token string, in which case the data part is tokenized as plain text on its own.
+
+**End of turn.**  The end-of-turn (eot) tokens are a set of token ids:
+
+* ``eot_tokens`` (a list of token strings, each one token) when the dataset gives it;
+* otherwise the tokenizer's eos, plus what the template itself ends an assistant turn with: a
+  probe conversation (user, assistant, user, assistant with one-letter contents) is rendered, and
+  the first special token after each assistant content is taken.  This gives ``<|im_end|>`` for
+  ChatML, ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma (whose eos is never rendered),
+  ``</s>`` for Mistral; special tokens that a template writes inside a turn (``<tool_call>``,
+  ``</think>``) never come right after a plain assistant content, so they are not taken.  If the
+  probe cannot be rendered, the eos alone is used.
+
+A message's eot is the first eot token the template writes after the message's last tracked
+piece (content, reasoning or tool call) and before the next piece of another message.  So a
+tool-call turn's eot is found after its calls, and a message without one (a tool result that
+shares a turn with the next one) has none.
+
+**Labels.**  A trained message (its role is in ``roles_to_train``, or its
+``message_field_training`` flag says so) is trained from the start of its turn's own text up to
+and including its eot: everything the template renders for it after the content (tool calls) is
+trained too.  The start is where the template's generation prompt ends (found by rendering a
+user message with and without ``add_generation_prompt``; the last occurrence before the message's
+first piece), so that what the model must write itself after that prompt (Qwen3's ``<think>``) is
+trained; where the generation prompt is not found, the start is the message's first piece.  With
+``train_on_reasoning: false`` the start is the message's content (or first tool call) instead,
+and reasoning pieces are never trained.  The eot follows ``train_on_eos`` (``turn``: eots of
+trained messages; ``all``; ``last``: the last trained message's; ``none``).  ``train_on_inputs``
+trains every token.
+
+**Reasoning.**  ``reasoning_content`` (or ``thinking``/``reasoning``) on a message is passed to
+the template as ``reasoning_content`` and ``thinking``, as transformers does.  An assistant
+content that begins with a ``<think>...</think>`` block is split into reasoning and content when
+the template renders reasoning (its text names ``reasoning_content`` or ``thinking``); otherwise
+the content is kept whole and the block is only labelled as reasoning.  ``train_on_reasoning``
+defaults to true: training a reasoning model on traces it is not asked to produce teaches it to
+answer without them.
+
+**Tools.**  The ``field_tools`` column (a list of tool definitions, or that list as a JSON string)
+goes to the template as ``tools``.  Assistant messages may carry ``tool_calls`` (OpenAI shape;
+``arguments`` given as a JSON string is parsed into an object so templates that apply ``tojson``
+do not quote it twice).  ``tool`` messages (results) are not trained unless ``roles_to_train``
+names ``tool``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from bisect import bisect_right
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+from jinja2 import TemplateError
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import FtkError
-from ftk.integrations.chat_template_spans import ContentSpan, render_with_content_spans
+from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
 from ftk.prompt_strategies.templates import resolve_chat_template
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 CANONICAL_ROLES = ("system", "user", "assistant", "tool")
 SCAFFOLD_CACHE_SIZE = 4096
+#: Message properties passed to the template besides role and content (mappable by name).
+MESSAGE_PROPERTIES = ("reasoning_content", "tool_calls", "name", "tool_call_id")
+#: Names a message's reasoning may have, as transformers reads them.
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+REASONING = "reasoning_content"
+_BASE_KEYS = frozenset({"role", "content", "train"})
+
+_THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\n*", re.DOTALL)
+_NAMES_REASONING = re.compile(r"\b(?:reasoning_content|thinking)\b")
+_PROBE = [
+    {"role": "user", "content": "A"},
+    {"role": "assistant", "content": "B"},
+    {"role": "user", "content": "C"},
+    {"role": "assistant", "content": "D"},
+]
 
 
 class ChatTemplateOptions(StrictModel):
     """Dataset keys understood by ``type: chat_template``."""
 
     field_messages: str = Field("messages", description="Column holding the list of messages.")
+    field_tools: str = Field(
+        "tools", description="Column holding the tool definitions (a list, or a JSON string of one)."
+    )
     message_property_mappings: dict[str, str] = Field(
         default_factory=lambda: {"role": "role", "content": "content"},
-        description="Where each message keeps its role and content, e.g. {role: from, content: value}.",
+        description=(
+            "Where each message keeps its role, content and other properties (reasoning_content, "
+            "tool_calls, name, tool_call_id, ...), e.g. {role: from, content: value}."
+        ),
     )
     roles: dict[str, list[str]] | None = Field(
         None, description="Role names in the data for each canonical role, e.g. {user: [human]}."
     )
     roles_to_train: list[str] = Field(
-        default_factory=lambda: ["assistant"], description="Roles whose content is trained."
+        default_factory=lambda: ["assistant"], description="Roles whose messages are trained."
     )
     train_on_eos: Literal["turn", "all", "last", "none"] = Field(
         "turn",
         description="Which end-of-turn tokens are trained: after trained turns, all, the last, none.",
     )
+    eot_tokens: list[str] | None = Field(
+        None,
+        description="End-of-turn tokens (strings, one token each); default: eos plus what the template ends turns with.",
+    )
+    train_on_reasoning: bool = Field(
+        True, description="Train the reasoning (think block) of trained assistant messages."
+    )
     message_field_training: str | None = Field(
         None, description="Message property that, when present, turns training on or off for it."
     )
+    default_system_message: str | None = Field(
+        None, description="System message for conversations that have none."
+    )
+    drop_system_message: bool = Field(
+        False, description="Remove system messages (default_system_message, if set, is then used)."
+    )
     chat_template: str | None = Field(None, description="Overrides the top-level chat_template.")
     chat_template_jinja: str | None = Field(None, description="Overrides the top-level template text.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra template variables, e.g. {enable_thinking: false}."
+    )
 
 
 class RowError(FtkError):
     """A row that cannot be turned into an example: the message names the field."""
+
+
+class Chunk(NamedTuple):
+    """A run of tokens with one origin, as ``ChatTemplateTokenizer.explain`` reports it.
+
+    ``kind`` is ``template``, ``eot``, ``content``, ``reasoning_content`` or ``data`` (data holding
+    a control-token string, tokenized as text); ``message`` is the owning message, -1 for
+    template text.
+    """
+
+    kind: str
+    message: int
+    text: str
+    ids: list[int]
+    trained: bool
 
 
 def _role_lookup(options: ChatTemplateOptions) -> dict[str, str]:
@@ -64,57 +168,115 @@ def _role_lookup(options: ChatTemplateOptions) -> dict[str, str]:
     return lookup
 
 
-def _normalise_messages(
-    row: dict[str, Any], options: ChatTemplateOptions, roles: dict[str, str]
-) -> list[dict]:
-    """The row's messages as ``{"role", "content", "train"}`` dicts with canonical roles."""
-    messages = row.get(options.field_messages)
-    if messages is None:
-        raise RowError(f"{options.field_messages}: missing")
-    if not isinstance(messages, list) or not messages:
-        raise RowError(f"{options.field_messages}: must be a non-empty list of messages")
-    role_key = options.message_property_mappings.get("role", "role")
-    content_key = options.message_property_mappings.get("content", "content")
-    result = []
-    for index, message in enumerate(messages):
-        where = f"{options.field_messages}[{index}]"
+def _parse_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``call`` whose JSON-string ``arguments`` (at top level or under ``function``) are objects."""
+    call = dict(call)
+    for holder in (call, call.get("function")):
+        if isinstance(holder, dict) and isinstance(holder.get("arguments"), str):
+            try:
+                parsed = json.loads(holder["arguments"])
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                if holder is not call:
+                    holder = call["function"] = dict(holder)
+                holder["arguments"] = parsed
+    return call
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(call, dict) for call in value):
+        raise RowError(f"{where}: must be a list of tool calls (mappings)")
+    return [_parse_arguments(call) for call in value]
+
+
+def read_tools(row: dict[str, Any], field: str) -> list[dict[str, Any]] | None:
+    """The row's tool definitions (None when the row has none)."""
+    tools = row.get(field)
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError as exc:
+            raise RowError(f"{field}: not valid JSON: {exc}") from exc
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise RowError(f"{field}: must be a list of tool definitions (mappings), or that list as JSON")
+    return tools or None
+
+
+class _MessageReader:
+    """Reads a row's messages into ``{"role", "content", "train", ...}`` dicts with canonical roles."""
+
+    def __init__(self, options: ChatTemplateOptions):
+        self.options = options
+        self.roles = _role_lookup(options)
+        mapping = options.message_property_mappings
+        self.role_key = mapping.get("role", "role")
+        self.content_key = mapping.get("content", "content")
+        self.reasoning_keys = (mapping[REASONING],) if REASONING in mapping else REASONING_KEYS
+        others = [prop for prop in mapping if prop not in ("role", "content", REASONING)]
+        properties = [prop for prop in MESSAGE_PROPERTIES if prop != REASONING]
+        self.properties = [(prop, mapping.get(prop, prop)) for prop in dict.fromkeys(properties + others)]
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        options = self.options
+        messages = row.get(options.field_messages)
+        if messages is None:
+            raise RowError(f"{options.field_messages}: missing")
+        if not isinstance(messages, list) or not messages:
+            raise RowError(f"{options.field_messages}: must be a non-empty list of messages")
+        result = []
+        for index, message in enumerate(messages):
+            result.append(self._message(message, f"{options.field_messages}[{index}]"))
+        if options.drop_system_message:
+            result = [message for message in result if message["role"] != "system"]
+        if options.default_system_message is not None and (not result or result[0]["role"] != "system"):
+            result.insert(0, {"role": "system", "content": options.default_system_message, "train": None})
+        if not result:
+            raise RowError(f"{options.field_messages}: no messages left after drop_system_message")
+        return result
+
+    def _message(self, message: Any, where: str) -> dict[str, Any]:
+        role_key, content_key = self.role_key, self.content_key
         if not isinstance(message, dict):
             raise RowError(f"{where}: must be a mapping with {role_key!r} and {content_key!r}")
         raw_role = message.get(role_key)
-        if raw_role not in roles:
+        if raw_role not in self.roles:
             raise RowError(f"{where}.{role_key}: unknown role {raw_role!r}; map it with `roles:`")
         content = message.get(content_key)
         if content is None:
             content = ""
         if not isinstance(content, str):
             raise RowError(f"{where}.{content_key}: must be text, got {type(content).__name__}")
-        train = message.get(options.message_field_training) if options.message_field_training else None
-        result.append({"role": roles[raw_role], "content": content, "train": train})
-    return result
+        field_training = self.options.message_field_training
+        train = message.get(field_training) if field_training else None
+        result = {"role": self.roles[raw_role], "content": content, "train": train}
+        if len(message) <= 2:
+            return result
+        for key in self.reasoning_keys:
+            reasoning = message.get(key)
+            if reasoning is not None:
+                if not isinstance(reasoning, str):
+                    raise RowError(f"{where}.{key}: must be text, got {type(reasoning).__name__}")
+                result[REASONING] = reasoning
+                break
+        for prop, key in self.properties:
+            value = message.get(key)
+            if value is not None:
+                result[prop] = _tool_calls(value, f"{where}.{key}") if prop == "tool_calls" else value
+        return result
 
 
-def _content_pieces(text: str, spans: list[ContentSpan], messages: list[dict]) -> list[tuple[int, int, int]]:
-    """``(start, end, message)`` for every rendered content piece, in text order.
-
-    Tracked spans are exact.  A message whose content the template rendered without keeping
-    track of it is searched for between the pieces of the messages before and after it.
-    """
-    pieces = sorted((span.start, span.end, span.message) for span in spans)
-    tracked = {message for _, _, message in pieces}
-    for index, message in enumerate(messages):
-        if index in tracked or not message["content"]:
-            continue
-        lower = max((end for _, end, m in pieces if m < index), default=0)
-        upper = min((start for start, _, m in pieces if m > index), default=len(text))
-        start = text.find(message["content"], lower, upper)
-        if start < 0:
-            raise RowError(
-                f"{index} ({message['role']}): the chat template does not render this message's content "
-                "verbatim, so its tokens cannot be located"
-            )
-        pieces.append((start, start + len(message["content"]), index))
-        pieces.sort()
-    return pieces
+def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 class ChatTemplateTokenizer:
@@ -129,85 +291,357 @@ class ChatTemplateTokenizer:
             options.chat_template_jinja or cfg.chat_template_jinja,
             tokenizer,
         )
-        self.roles = _role_lookup(options)
+        self.read_messages = _MessageReader(options)
+        self.renders_reasoning = bool(_NAMES_REASONING.search(self.template))
+        self.render_kwargs: dict[str, Any] = {
+            **tokenizer.special_tokens_map,
+            **options.chat_template_kwargs,
+            "add_generation_prompt": False,
+        }
         self.special_ids = set(tokenizer.all_special_ids) | {
             token_id for token_id, added in tokenizer.added_tokens_decoder.items() if added.special
         }
+        special_texts = {added.content for added in tokenizer.added_tokens_decoder.values() if added.special}
+        special_texts |= set(tokenizer.all_special_tokens)
+        self._control_re = _alternation(special_texts)
         # Template text repeats from row to row ("<|im_end|>\n<|im_start|>assistant\n"): tokenize each once.
         self._scaffold_cache: dict[str, list[int]] = {}
+        self._backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+        self.eot_ids = self._end_of_turn_ids()
+        self._eot_re = _alternation(set(self.eot_ids))
+        self.generation_prompt = self._generation_prompt()
 
-    def _scaffold_ids(self, scaffolds: list[str]) -> list[list[int]]:
-        """Token ids of template text pieces (control tokens recognised), cached by text."""
-        cache = self._scaffold_cache
-        missing = list({text for text in scaffolds if text not in cache})
-        if missing:
-            if len(cache) > SCAFFOLD_CACHE_SIZE:
-                cache.clear()
-            encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
-            cache.update(zip(missing, encoded, strict=True))
-        return [list(cache[text]) for text in scaffolds]
+    # --- what the template does, learnt once ------------------------------------------------------
+
+    def _token_text(self, token_id: int) -> str:
+        added = self.tokenizer.added_tokens_decoder.get(token_id)
+        return added.content if added is not None else self.tokenizer.decode([token_id])
+
+    def _end_of_turn_ids(self) -> dict[str, int]:
+        """``{token text: id}`` of the end-of-turn tokens (see the module docstring)."""
+        if self.options.eot_tokens is not None:
+            found = {}
+            for token in self.options.eot_tokens:
+                ids = self.tokenizer.encode(token, add_special_tokens=False)
+                if len(ids) != 1:
+                    raise FtkError(
+                        f"eot_tokens: {token!r} is not one token of this tokenizer (it encodes to {len(ids)})"
+                    )
+                found[token] = ids[0]
+            return found
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        for probe in (_PROBE, _PROBE[:2]):
+            try:
+                rendered, spans = render_tracked(self.template, probe, **self.render_kwargs)
+            except Exception:  # a probe: any failure only means "learn nothing from it"
+                continue
+            ends = {message: end for _, end, message, field, _ in spans if field == "content"}
+            starts = sorted((start, message) for start, _, message, field, _ in spans if field == "content")
+            for index, message in enumerate(probe):
+                if message["role"] != "assistant" or index not in ends:
+                    continue
+                end = ends[index]
+                upper = next((s for s, m in starts if s >= end and m != index), len(rendered))
+                window = self.tokenizer(rendered[end:upper], add_special_tokens=False)["input_ids"]
+                ids.update(next(([i] for i in window if i in self.special_ids), []))
+            break
+        else:
+            logger.warning("chat_template: the template cannot render a probe conversation; eot = eos only")
+        return {self._token_text(token_id): token_id for token_id in sorted(ids)}
+
+    def _generation_prompt(self) -> str:
+        """What ``add_generation_prompt`` appends after a user turn ("" when unknown)."""
+        compiled = compile_tracking_template(self.template)
+        kwargs = {key: value for key, value in self.render_kwargs.items() if key != "add_generation_prompt"}
+        probe = _PROBE[:1]
+        try:
+            without = compiled.render(
+                messages=probe, tools=None, documents=None, add_generation_prompt=False, **kwargs
+            )
+            with_prompt = compiled.render(
+                messages=probe, tools=None, documents=None, add_generation_prompt=True, **kwargs
+            )
+        except Exception:  # a probe: any failure only means "no generation prompt known"
+            return ""
+        return with_prompt[len(without) :] if with_prompt.startswith(without) else ""
+
+    # --- rows -------------------------------------------------------------------------------------
 
     def _trains(self, message: dict) -> bool:
-        if message["train"] is not None:
+        if message.get("train") is not None:
             return bool(message["train"])
         return message["role"] in self.options.roles_to_train
 
     def __call__(self, row: dict[str, Any]) -> dict[str, list[int]]:
         """Features for one dataset row."""
-        return self.encode_messages(_normalise_messages(row, self.options, self.roles))
+        return self.encode_messages(self.read_messages(row), read_tools(row, self.options.field_tools))
 
-    def encode_messages(self, messages: list[dict[str, Any]]) -> dict[str, list[int]]:
-        """Features for a conversation of ``{"role", "content", "train"}`` messages (canonical roles).
+    def encode_messages(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> dict[str, list[int]]:
+        """Features for a conversation of ``{"role", "content", "train", ...}`` messages (canonical roles).
 
-        ``train`` may be None (the role decides, through ``roles_to_train``) or a bool.
+        ``train`` may be None (the role decides, through ``roles_to_train``) or a bool; other keys
+        (``reasoning_content``, ``tool_calls``, ...) go to the template as they are.
         """
-        rendered, spans = render_with_content_spans(
-            self.template,
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            add_generation_prompt=False,
-            **self.tokenizer.special_tokens_map,
-        )
-        pieces = _content_pieces(rendered, spans, messages)
-        scaffolds, contents = [], []
-        cursor = 0
-        for start, end, _ in pieces:
-            scaffolds.append(rendered[cursor:start])
-            contents.append(rendered[start:end])
-            cursor = end
-        scaffolds.append(rendered[cursor:])
-        scaffold_ids = self._scaffold_ids(scaffolds)
-        content_ids = self.tokenizer(contents, add_special_tokens=False, split_special_tokens=True)[
-            "input_ids"
-        ]
-
-        trains = [self._trains(message) for message in messages]
-        last_piece_of = {message: position for position, (_, _, message) in enumerate(pieces)}
-        last_trained = max((i for i, t in enumerate(trains) if t), default=None)
-        eos_mode = self.options.train_on_eos
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for position, (_, _, message) in enumerate(pieces):
-            self._extend(input_ids, labels, scaffold_ids[position], trained=self.train_on_inputs)
-            trained = trains[message]
-            self._extend(input_ids, labels, content_ids[position], trained=trained or self.train_on_inputs)
-            following = scaffold_ids[position + 1]
-            if last_piece_of[message] == position and following and following[0] in self.special_ids:
-                # The end-of-turn token is the first token the template emits after the content.
-                train_eos = (
-                    eos_mode == "all"
-                    or (eos_mode == "turn" and trained)
-                    or (eos_mode == "last" and message == last_trained)
-                )
-                input_ids.append(following[0])
-                labels.append(following[0] if train_eos or self.train_on_inputs else IGNORE_INDEX)
-                scaffold_ids[position + 1] = following[1:]
-        self._extend(input_ids, labels, scaffold_ids[-1], trained=self.train_on_inputs)
+        input_ids, labels = self._encode(messages, tools, None)
         return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
-    @staticmethod
-    def _extend(input_ids: list[int], labels: list[int], ids: list[int], trained: bool) -> None:
-        input_ids.extend(ids)
-        labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
+    def explain(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[Chunk]:
+        """The chunks ``encode_messages`` assembles its ids from, in order (for inspection and tests)."""
+        record: list[Chunk] = []
+        self._encode(messages, tools, record)
+        return record
+
+    def _prepare(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+        """Messages as the template sees them, and ``{message: length}`` of think blocks left in contents."""
+        prepared = []
+        think_blocks: dict[int, int] = {}
+        for index, message in enumerate(messages):
+            content = message.get("content") or ""
+            shown = {"role": message["role"], "content": content}
+            reasoning = None
+            if len(message) > 2 + ("train" in message):
+                for key, value in message.items():
+                    if value is not None and key not in _BASE_KEYS:
+                        shown[key] = value
+                reasoning = next((shown[key] for key in REASONING_KEYS if key in shown), None)
+            if reasoning is None and shown["role"] == "assistant" and "<think>" in content:
+                block = _THINK_BLOCK.match(content)
+                if block is not None and self.renders_reasoning:
+                    reasoning = block.group(1)
+                    shown["content"] = content[block.end() :]
+                elif block is not None:
+                    think_blocks[index] = block.end()
+            if reasoning is not None:
+                shown = {"thinking": reasoning, **shown, REASONING: reasoning}
+            prepared.append(shown)
+        return prepared, think_blocks
+
+    def _locate(
+        self, rendered: str, spans: list[tuple], prepared: list[dict[str, Any]], think_blocks: dict[int, int]
+    ) -> tuple[list[tuple[int, int, int, str]], list[tuple[int, int, int]]]:
+        """Text pieces ``(start, end, message, field)`` and data ``(start, end, message)``, in text order."""
+        pieces = []
+        data = []
+        for start, end, message, field, offset in spans:
+            if field in DATA_FIELDS:
+                data.append((start, end, message))
+            elif field == "content" and message in think_blocks and offset < think_blocks[message]:
+                split = min(end, start + think_blocks[message] - offset)
+                pieces.append((start, split, message, REASONING))
+                if split < end:
+                    pieces.append((split, end, message, "content"))
+            else:
+                pieces.append((start, end, message, field))
+        tracked = {span[2] for span in spans if span[3] == "content"}
+        for index, message in enumerate(prepared):
+            content = message["content"]
+            if index in tracked or not content:
+                continue
+            # The template lost track of this content: search between its neighbours.
+            around = [(s, e, m) for s, e, m, _ in pieces] + [d for d in data if d[2] >= 0]
+            lower = max((e for _, e, m in around if 0 <= m < index), default=0)
+            upper = min((s for s, _, m in around if m > index), default=len(rendered))
+            start = rendered.find(content, lower, upper)
+            if start < 0:
+                raise RowError(
+                    f"{self.options.field_messages}[{index}] ({message['role']}): the chat template does not "
+                    "render this message's content verbatim, so its tokens cannot be located"
+                )
+            pieces.append((start, start + len(content), index, "content"))
+            pieces.sort()
+        return pieces, data
+
+    def _batch_ids(self, texts: list[str], as_text: bool) -> list[list[int]]:
+        """Token ids of ``texts``: control tokens recognised, or (``as_text``) tokenized as plain text.
+
+        A fast tokenizer is called through its backend, as transformers itself does, when no
+        truncation or padding is set on it (the wrapper's per-call overhead is a tenth of the
+        preprocessing time); the result is the same.
+        """
+        backend = self._backend
+        if backend is None or backend.truncation is not None or backend.padding is not None:
+            return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=as_text)["input_ids"]
+        if backend.encode_special_tokens != as_text:
+            backend.encode_special_tokens = as_text
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+
+    def _scaffold_ids(self, texts: list[str]) -> None:
+        """Tokenize template texts (control tokens recognised) into the cache."""
+        cache = self._scaffold_cache
+        missing = list({text for text in texts if text not in cache})
+        if missing:
+            if len(cache) > SCAFFOLD_CACHE_SIZE:
+                cache.clear()
+            cache.update(zip(missing, self._batch_ids(missing, as_text=False), strict=True))
+
+    def _encode(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, record: list[Chunk] | None
+    ) -> tuple[list[int], list[int]]:
+        prepared, think_blocks = self._prepare(messages)
+        try:
+            rendered, spans = render_tracked(self.template, prepared, tools, **self.render_kwargs)
+        except TemplateError as exc:
+            raise RowError(
+                f"{self.options.field_messages}: the chat template rejects this conversation: {exc}"
+            ) from exc
+        pieces, data = self._locate(rendered, spans, prepared, think_blocks)
+        trains = [self._trains(message) for message in messages]
+
+        # Anchors: every tracked thing a message owns (its texts and its data), in text order.
+        if data:
+            solid = sorted(
+                [(s, e, m, f == REASONING) for s, e, m, f in pieces] + [(s, e, m, False) for s, e, m in data]
+            )
+        else:
+            solid = [(s, e, m, f == REASONING) for s, e, m, f in pieces]
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        first_main: dict[int, int] = {}
+        for k, (_, _, m, reasoning) in enumerate(solid):
+            if m < 0:
+                continue
+            if m not in first:
+                first[m] = k
+            if not reasoning and m not in first_main:
+                first_main[m] = k
+            last[m] = k
+
+        # Each message's eot: the first eot token after its last anchor, before another message's.
+        eots: dict[int, tuple[int, int, int]] = {}
+        eot_re = self._eot_re
+        if eot_re is not None:
+            count = len(solid)
+            for m, k in last.items():
+                lower = solid[k][1]
+                j = k + 1
+                while j < count and solid[j][2] < 0:
+                    j += 1
+                upper = solid[j][0] if j < count else len(rendered)
+                match = eot_re.search(rendered, lower, upper)
+                while match is not None and data:
+                    inside = next((e for s, e, _ in data if s <= match.start() < e), None)
+                    if inside is None:
+                        break
+                    match = eot_re.search(rendered, inside, upper)
+                if match is not None:
+                    eots[m] = (match.start(), match.end(), self.eot_ids[match.group()])
+
+        # Trained regions: from the end of the generation prompt (or the first anchor) to the eot.
+        regions = []
+        header = self.generation_prompt if self.options.train_on_reasoning else ""
+        for m, k in first.items():
+            if not trains[m]:
+                continue
+            if self.options.train_on_reasoning:
+                start = solid[k][0]
+                if header:
+                    found = rendered.rfind(header, solid[k - 1][1] if k else 0, start)
+                    if found >= 0:
+                        start = found + len(header)
+            else:
+                start = solid[first_main[m]][0] if m in first_main else solid[last[m]][1]
+            end = eots[m][1] if m in eots else solid[last[m]][1]
+            if end > start:
+                regions.append((start, end))
+        regions = _merge(regions)
+
+        mode = self.options.train_on_eos
+        last_trained = max((i for i, t in enumerate(trains) if t), default=None)
+        eot_at = {}
+        for m, (start, end, token_id) in eots.items():
+            trained = (
+                mode == "all" or (mode == "turn" and trains[m]) or (mode == "last" and m == last_trained)
+            )
+            eot_at[start] = (end, token_id, trained, m)
+        cuts = sorted(
+            {p for region in regions for p in region} | {p for s, e, _ in eots.values() for p in (s, e)}
+        )
+
+        # Chunks in text order: ("t", text, trained, -1) template text, ("c", index into texts,
+        # trained, message, kind) plain text, ("e", id, trained, message) an eot.
+        items: list[tuple] = []
+        texts: list[str] = []
+        train_reasoning = self.options.train_on_reasoning
+        region_index = 0
+        data_index = 0
+        position = 0
+        end_of_text = len(rendered)
+        for s, e, m, field in [*pieces, (end_of_text, end_of_text, -1, "")]:
+            if s > position:
+                # Template text between two pieces, cut at eots and region boundaries.
+                points = [position]
+                c = bisect_right(cuts, position)
+                while c < len(cuts) and cuts[c] < s:
+                    points.append(cuts[c])
+                    c += 1
+                points.append(s)
+                for x, y in zip(points, points[1:], strict=False):
+                    eot = eot_at.get(x)
+                    if eot is not None and eot[0] == y:
+                        items.append(("e", eot[1], eot[2], eot[3]))
+                        continue
+                    while region_index < len(regions) and regions[region_index][1] <= x:
+                        region_index += 1
+                    trained = region_index < len(regions) and regions[region_index][0] <= x
+                    if not data:
+                        items.append(("t", rendered[x:y], trained, -1))
+                        continue
+                    while data_index < len(data) and data[data_index][1] <= x:
+                        data_index += 1
+                    cursor = x
+                    for ds, de, dm in data[data_index:]:
+                        if ds >= y:
+                            break
+                        ds, de = max(ds, x), min(de, y)
+                        if self._control_re is not None and self._control_re.search(rendered, ds, de):
+                            if ds > cursor:
+                                items.append(("t", rendered[cursor:ds], trained, -1))
+                            items.append(("c", len(texts), trained, dm, "data"))
+                            texts.append(rendered[ds:de])
+                            cursor = de
+                    if y > cursor:
+                        items.append(("t", rendered[cursor:y], trained, -1))
+            if e > s:
+                trained = trains[m] and (field == "content" or train_reasoning)
+                items.append(("c", len(texts), trained, m, field))
+                texts.append(rendered[s:e])
+            position = max(position, e)
+
+        self._scaffold_ids([item[1] for item in items if item[0] == "t"])
+        text_ids = self._batch_ids(texts, as_text=True) if texts else []
+        cache = self._scaffold_cache
+        train_all = self.train_on_inputs
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for item in items:
+            tag = item[0]
+            if tag == "t":
+                ids = cache[item[1]]
+            elif tag == "c":
+                ids = text_ids[item[1]]
+            else:
+                ids = [item[1]]
+            trained = item[2] or train_all
+            input_ids.extend(ids)
+            labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
+            if record is not None:
+                kind = {"t": "template", "e": "eot"}.get(tag) or item[4]
+                text = item[1] if tag == "t" else texts[item[1]] if tag == "c" else self._token_text(item[1])
+                record.append(Chunk(kind, item[3], text, list(ids), trained))
+        return input_ids, labels
+
+
+def _alternation(texts: set[str]) -> re.Pattern | None:
+    """A regex matching any of ``texts``, longest first (None for no texts)."""
+    if not texts:
+        return None
+    return re.compile("|".join(re.escape(text) for text in sorted(texts, key=len, reverse=True)))
 
 
 def build(
