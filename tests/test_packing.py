@@ -195,3 +195,21 @@ def test_packed_training_run(tmp_path, tiny_model_dir):
     losses = [e["loss"] for e in entries if "loss" in e]
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
     assert result.eval_loss is not None and 0 < result.eval_loss < 20
+
+
+def test_bundled_chat_packs_at_least_99_percent_at_2048(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from ftk.core.config.schema import DatasetConfig, FtkConfig
+    from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
+
+    to_features = ChatTemplateTokenizer(
+        ChatTemplateOptions(),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        FtkConfig(base_model="m", datasets=[DatasetConfig(path="d")]),
+    )
+    with (REPO / "examples" / "data" / "sgd_chat_600.jsonl").open() as rows:
+        lengths = [len(to_features(json.loads(row))["input_ids"]) for row in rows]
+    bins = pack_lengths(lengths, 2048, seed=0)
+    assert len(bins) == -(-sum(lengths) // 2048)  # as few bins as the token count allows
+    assert packing_efficiency(bins, lengths, 2048) > 0.99
