@@ -16,8 +16,9 @@ here so that the same names work with any tokenizer that has the family's contro
     ``enable_thinking=false`` (a ``chat_template_kwargs`` key) makes the generation prompt an
     empty ``<think>`` block.
 ``mistral``
-    ``{bos}[INST] {user} [/INST]{assistant}{eos}``; the system message is put in front of the
-    first user message, separated by a blank line; user and assistant must alternate.
+    ``{bos}[INST]{user}[/INST]{assistant}{eos}`` (the Tekken-tokenizer layout, no spaces around the
+    instruction markers); the system message is put in front of the first user message, separated
+    by a blank line; user and assistant must alternate.
 ``gemma``
     ``{bos}<start_of_turn>{user|model}\\n{content, trimmed}<end_of_turn>\\n``; Gemma has no system
     role, so the system message is put in front of the first user message, separated by a blank
@@ -146,7 +147,7 @@ MISTRAL = (
     + "{%- for message in turns -%}"
     + _alternation_check("mistral")
     + "{%- if message['role'] == 'user' -%}"
-    "{{- '[INST] ' + (system_prefix if loop.first else '') + message['content'] + ' [/INST]' -}}"
+    "{{- '[INST]' + (system_prefix if loop.first else '') + message['content'] + '[/INST]' -}}"
     "{%- else -%}{{- message['content'] + eos_token -}}{%- endif -%}"
     "{%- endfor -%}"
 )
