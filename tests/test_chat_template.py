@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
+from ftk.core.errors import FtkError
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer, RowError
 
 START, END, NL = 151644, 151645, 198
@@ -180,3 +181,71 @@ def test_tilde_concatenation_is_tracked_exactly(tokenizer):
 def test_template_that_loses_tracking_falls_back_to_bounded_search(tokenizer):
     out = encode(tokenizer, {"messages": CONVERSATION}, chat_template="jinja", chat_template_jinja=REPLACING)
     assert out == encode(tokenizer, {"messages": CONVERSATION})
+
+
+# --- end-of-turn tokens ------------------------------------------------------------------------
+
+ENDOFTEXT = 151643
+# Assistant turns end with <|endoftext|> then <|im_end|>: the probe takes the first special token
+# after the content (<|endoftext|>); eot_tokens says the end of turn is <|im_end|>.
+DOUBLE_END = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ '<|endoftext|>' }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+)
+
+
+def test_end_of_turn_tokens_are_derived_from_the_template(tokenizer):
+    cfg = FtkConfig(base_model="m", datasets=[DatasetConfig(path="d")])
+    chat = ChatTemplateTokenizer(ChatTemplateOptions(), tokenizer, cfg)
+    assert chat.eot_ids == {"<|im_end|>": END}
+    derived = ChatTemplateTokenizer(
+        ChatTemplateOptions(chat_template="jinja", chat_template_jinja=DOUBLE_END), tokenizer, cfg
+    )
+    assert derived.eot_ids == {"<|endoftext|>": ENDOFTEXT, "<|im_end|>": END}
+
+
+def test_eot_tokens_option_overrides_and_everything_up_to_the_eot_is_trained(tokenizer):
+    row = {"messages": CONVERSATION[1:3]}
+    options = {"chat_template": "jinja", "chat_template_jinja": DOUBLE_END}
+    derived = encode(tokenizer, row, **options)
+    assert trained_ids(derived) == [*HELLO, ENDOFTEXT]
+    explicit = encode(tokenizer, row, eot_tokens=["<|im_end|>"], **options)
+    assert explicit["input_ids"] == derived["input_ids"]
+    assert trained_ids(explicit) == [*HELLO, ENDOFTEXT, END]
+    none = encode(tokenizer, row, eot_tokens=[], **options)
+    assert trained_ids(none) == HELLO
+
+
+def test_eot_tokens_must_be_single_tokens(tokenizer):
+    with pytest.raises(FtkError, match="eot_tokens: 'two words' is not one token"):
+        encode(tokenizer, {"messages": CONVERSATION}, eot_tokens=["two words"])
+
+
+# --- system messages -------------------------------------------------------------------------------
+
+
+def test_default_system_message_fills_in_only_when_missing(tokenizer):
+    with_default = encode(tokenizer, {"messages": CONVERSATION[1:]}, default_system_message="You are kind.")
+    assert with_default == encode(tokenizer, {"messages": CONVERSATION})
+    kept = encode(tokenizer, {"messages": CONVERSATION}, default_system_message="Be rude.")
+    assert kept == encode(tokenizer, {"messages": CONVERSATION})
+
+
+def test_drop_system_message_and_replace_it(tokenizer):
+    dropped = encode(tokenizer, {"messages": CONVERSATION}, drop_system_message=True)
+    assert dropped == encode(tokenizer, {"messages": CONVERSATION[1:]})
+    replaced = encode(
+        tokenizer,
+        {"messages": [{"role": "system", "content": "Be rude."}, *CONVERSATION[1:]]},
+        drop_system_message=True,
+        default_system_message="You are kind.",
+    )
+    assert replaced == encode(tokenizer, {"messages": CONVERSATION})
+    with pytest.raises(RowError, match="no messages left after drop_system_message"):
+        encode(tokenizer, {"messages": CONVERSATION[:1]}, drop_system_message=True)
+
+
+def test_template_that_rejects_a_conversation_is_a_row_error(tokenizer):
+    strict = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}{% endfor %}"
+    with pytest.raises(RowError, match="messages: the chat template rejects this conversation: no system"):
+        encode(tokenizer, {"messages": CONVERSATION}, chat_template="jinja", chat_template_jinja=strict)

@@ -19,7 +19,8 @@ The template is compiled on an overlay of the Jinja environment that transformer
 ``apply_chat_template`` (reached through a private helper of transformers), so it sees the same
 globals, filters and extensions.  Only the joining differs: Jinja joins ``~`` operands and block
 bodies into a plain ``str``, which would drop the record, so the overlay concatenates instead;
-and ``tojson`` marks its output as data.
+``tojson`` marks its output as data; and ``{% generation %}`` blocks (which only mark assistant
+text for transformers' assistant mask) render their body directly.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from typing import Any
 
 from jinja2 import Template
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.nodes import Concat
+from jinja2.ext import Extension
+from jinja2.nodes import Concat, Node, Scope
+from jinja2.parser import Parser
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
 #: A run of text: ``(length, message index or -1, field, offset in that field's text)``.  Template
@@ -85,8 +88,10 @@ class TrackedText(str):
             lo, hi = max(seg_start, start), min(seg_end, end)
             if lo < hi:
                 kept.append((hi - lo, message, field, offset + lo - seg_start))
-            elif length == 0 and start <= seg_start <= end:
-                kept.append((0, message, field, offset))
+            elif field and seg_start <= lo == hi <= seg_end and (length == 0 or start == end):
+                # Nothing of this text is left (an empty text, or a text trimmed to nothing): keep
+                # a zero-length mark of where it is, so the message is still located.
+                kept.append((0, message, field, offset + lo - seg_start))
             position = seg_end
         return TrackedText(str.__getitem__(self, slice(start, end)), tuple(kept))
 
@@ -127,11 +132,29 @@ def _segments_of(text: str) -> tuple[Segment, ...]:
 
 
 def _concatenate(values: tuple[Any, ...]) -> str:
-    """What ``a ~ b ~ c`` computes, keeping ``TrackedText`` records."""
-    result = ""
+    """What ``a ~ b ~ c`` computes, keeping ``TrackedText`` records (a plain ``str`` when none is tracked)."""
+    texts = []
+    tracked = False
     for value in values:
-        result = result + (value if isinstance(value, str) else str(value))
-    return result
+        if type(value) is not str:
+            if isinstance(value, TrackedText):
+                tracked = True
+            elif not isinstance(value, str):
+                value = str(value)
+        texts.append(value)
+    if not tracked:
+        return "".join(texts)
+    segments: list[Segment] = []
+    for text in texts:
+        if isinstance(text, TrackedText):
+            segments.extend(text.segments)
+        elif text:
+            if segments and segments[-1][1] == -1 and not segments[-1][2]:
+                # Runs of template text become one segment.
+                segments[-1] = (segments[-1][0] + len(text), -1, "", 0)
+            else:
+                segments.append((len(text), -1, "", 0))
+    return TrackedText("".join(texts), tuple(segments))
 
 
 def track_data(value: Any, message_index: int, field: str) -> Any:
@@ -188,10 +211,28 @@ class _TrackingCodeGenerator(CodeGenerator):
         self.write("))")
 
 
+class _InlineGeneration(Extension):
+    """``{% generation %}...{% endgeneration %}`` rendered as its body, in a scope of its own.
+
+    transformers' extension for the tag calls the body as a macro to record where assistant text
+    lands (for ``return_assistant_tokens_mask``); tracking needs no such record, and the macro
+    call costs more than the rest of a ChatML turn.  The higher priority makes this parser win.
+    """
+
+    tags = {"generation"}
+    priority = 1000
+
+    def parse(self, parser: Parser) -> Node:
+        """The tag's body, as a scope."""
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return Scope(body, lineno=lineno)
+
+
 @lru_cache(maxsize=32)
 def compile_tracking_template(template: str) -> Template:
     """``template`` compiled in transformers' chat-template environment, with tracking ``~``."""
-    environment = _compile_jinja_template(template).environment.overlay()
+    environment = _compile_jinja_template(template).environment.overlay(extensions=[_InlineGeneration])
     environment.code_generator_class = _TrackingCodeGenerator
     environment.ftk_concatenate = _concatenate
     # Block bodies (macros, call blocks such as {% generation %}, {% set %} blocks) are joined
@@ -220,12 +261,16 @@ class ContentSpan:
 
 def _tracked_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     tracked = dict(message)
-    for key, field in TEXT_FIELDS.items():
-        value = message.get(key)
-        if isinstance(value, str):
-            tracked[key] = TrackedText.content(value, index, field)
-    if message.get("tool_calls") is not None:
-        tracked["tool_calls"] = track_data(message["tool_calls"], index, "tool_calls")
+    content = message.get("content")
+    if isinstance(content, str):
+        tracked["content"] = TrackedText(content, ((len(content), index, "content", 0),))
+    if len(message) > 2:  # more than role and content
+        for key, field in TEXT_FIELDS.items():
+            value = message.get(key)
+            if key != "content" and isinstance(value, str):
+                tracked[key] = TrackedText.content(value, index, field)
+        if message.get("tool_calls") is not None:
+            tracked["tool_calls"] = track_data(message["tool_calls"], index, "tool_calls")
     return tracked
 
 

@@ -44,14 +44,17 @@ the template as ``reasoning_content`` and ``thinking``, as transformers does.  A
 content that begins with a ``<think>...</think>`` block is split into reasoning and content when
 the template renders reasoning (its text names ``reasoning_content`` or ``thinking``); otherwise
 the content is kept whole and the block is only labelled as reasoning.  ``train_on_reasoning``
-defaults to true: training a reasoning model on traces it is not asked to produce teaches it to
-answer without them.
+defaults to true, because the reasoning is text the model has to learn to write before its
+answer; false keeps the reasoning in the context but trains the answers only.
 
 **Tools.**  The ``field_tools`` column (a list of tool definitions, or that list as a JSON string)
 goes to the template as ``tools``.  Assistant messages may carry ``tool_calls`` (OpenAI shape;
 ``arguments`` given as a JSON string is parsed into an object so templates that apply ``tojson``
 do not quote it twice).  ``tool`` messages (results) are not trained unless ``roles_to_train``
 names ``tool``.
+
+**System message.**  ``drop_system_message`` removes system messages; ``default_system_message``
+is then put first in every conversation that has no system message (both together replace it).
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -252,7 +254,7 @@ class _MessageReader:
         field_training = self.options.message_field_training
         train = message.get(field_training) if field_training else None
         result = {"role": self.roles[raw_role], "content": content, "train": train}
-        if len(message) <= 2:
+        if len(message) <= 1 + (content_key in message):  # nothing besides role and content
             return result
         for key in self.reasoning_keys:
             reasoning = message.get(key)
@@ -405,7 +407,7 @@ class ChatTemplateTokenizer:
             content = message.get("content") or ""
             shown = {"role": message["role"], "content": content}
             reasoning = None
-            if len(message) > 2 + ("train" in message):
+            if len(message) > 1 + ("content" in message) + ("train" in message):
                 for key, value in message.items():
                     if value is not None and key not in _BASE_KEYS:
                         shown[key] = value
@@ -467,22 +469,30 @@ class ChatTemplateTokenizer:
         backend = self._backend
         if backend is None or backend.truncation is not None or backend.padding is not None:
             return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=as_text)["input_ids"]
-        if backend.encode_special_tokens != as_text:
+        before = backend.encode_special_tokens
+        if before != as_text:
             backend.encode_special_tokens = as_text
-        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        try:
+            return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            if before != as_text:
+                backend.encode_special_tokens = before
 
     def _scaffold_ids(self, texts: list[str]) -> None:
         """Tokenize template texts (control tokens recognised) into the cache."""
         cache = self._scaffold_cache
-        missing = list({text for text in texts if text not in cache})
+        missing = {text for text in texts if text not in cache}
         if missing:
-            if len(cache) > SCAFFOLD_CACHE_SIZE:
+            if len(cache) + len(missing) > SCAFFOLD_CACHE_SIZE:
                 cache.clear()
-            cache.update(zip(missing, self._batch_ids(missing, as_text=False), strict=True))
+                missing = set(texts)
+            missing_list = list(missing)
+            cache.update(zip(missing_list, self._batch_ids(missing_list, as_text=False), strict=True))
 
     def _encode(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, record: list[Chunk] | None
     ) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of a conversation; ``record`` (when given) receives the chunks."""
         prepared, think_blocks = self._prepare(messages)
         try:
             rendered, spans = render_tracked(self.template, prepared, tools, **self.render_kwargs)
@@ -492,65 +502,81 @@ class ChatTemplateTokenizer:
             ) from exc
         pieces, data = self._locate(rendered, spans, prepared, think_blocks)
         trains = [self._trains(message) for message in messages]
+        anchors = _Anchors(pieces, data)
+        eots = self._ends_of_turn(rendered, anchors, data)
+        regions = self._trained_regions(rendered, anchors, eots, trains)
+        items, texts = self._chunks(rendered, pieces, data, eots, regions, trains)
+        return self._assemble(items, texts, record)
 
-        # Anchors: every tracked thing a message owns (its texts and its data), in text order.
-        if data:
-            solid = sorted(
-                [(s, e, m, f == REASONING) for s, e, m, f in pieces] + [(s, e, m, False) for s, e, m in data]
-            )
-        else:
-            solid = [(s, e, m, f == REASONING) for s, e, m, f in pieces]
-        first: dict[int, int] = {}
-        last: dict[int, int] = {}
-        first_main: dict[int, int] = {}
-        for k, (_, _, m, reasoning) in enumerate(solid):
-            if m < 0:
-                continue
-            if m not in first:
-                first[m] = k
-            if not reasoning and m not in first_main:
-                first_main[m] = k
-            last[m] = k
-
-        # Each message's eot: the first eot token after its last anchor, before another message's.
+    def _ends_of_turn(
+        self, rendered: str, anchors: _Anchors, data: list[tuple[int, int, int]]
+    ) -> dict[int, tuple[int, int, int]]:
+        """``{message: (start, end, id)}``: the first eot token after each message's last anchor,
+        before the next anchor of another message (eot strings inside data do not count)."""
         eots: dict[int, tuple[int, int, int]] = {}
         eot_re = self._eot_re
-        if eot_re is not None:
-            count = len(solid)
-            for m, k in last.items():
-                lower = solid[k][1]
-                j = k + 1
-                while j < count and solid[j][2] < 0:
-                    j += 1
-                upper = solid[j][0] if j < count else len(rendered)
-                match = eot_re.search(rendered, lower, upper)
-                while match is not None and data:
-                    inside = next((e for s, e, _ in data if s <= match.start() < e), None)
-                    if inside is None:
-                        break
-                    match = eot_re.search(rendered, inside, upper)
-                if match is not None:
-                    eots[m] = (match.start(), match.end(), self.eot_ids[match.group()])
+        if eot_re is None:
+            return eots
+        solid = anchors.solid
+        count = len(solid)
+        for m, k in anchors.last.items():
+            lower = solid[k][1]
+            j = k + 1
+            while j < count and solid[j][2] < 0:
+                j += 1
+            upper = solid[j][0] if j < count else len(rendered)
+            match = eot_re.search(rendered, lower, upper)
+            while match is not None and data:
+                inside = next((e for s, e, _ in data if s <= match.start() < e), None)
+                if inside is None:
+                    break
+                match = eot_re.search(rendered, inside, upper)
+            if match is not None:
+                eots[m] = (match.start(), match.end(), self.eot_ids[match.group()])
+        return eots
 
-        # Trained regions: from the end of the generation prompt (or the first anchor) to the eot.
+    def _trained_regions(
+        self, rendered: str, anchors: _Anchors, eots: dict[int, tuple[int, int, int]], trains: list[bool]
+    ) -> list[tuple[int, int]]:
+        """Character ranges trained for trained messages (merged, in order): from the end of the
+        generation prompt (or the first anchor; the content with ``train_on_reasoning: false``) to
+        the end of the eot (or of the last anchor)."""
+        solid = anchors.solid
+        header = self.generation_prompt
+        with_reasoning = self.options.train_on_reasoning
         regions = []
-        header = self.generation_prompt if self.options.train_on_reasoning else ""
-        for m, k in first.items():
+        for m, k in anchors.first.items():
             if not trains[m]:
                 continue
-            if self.options.train_on_reasoning:
+            if with_reasoning:
                 start = solid[k][0]
                 if header:
                     found = rendered.rfind(header, solid[k - 1][1] if k else 0, start)
                     if found >= 0:
                         start = found + len(header)
+            elif m in anchors.first_main:
+                start = solid[anchors.first_main[m]][0]
             else:
-                start = solid[first_main[m]][0] if m in first_main else solid[last[m]][1]
-            end = eots[m][1] if m in eots else solid[last[m]][1]
+                start = solid[anchors.last[m]][1]
+            end = eots[m][1] if m in eots else solid[anchors.last[m]][1]
             if end > start:
                 regions.append((start, end))
-        regions = _merge(regions)
+        return _merge(regions)
 
+    def _chunks(
+        self,
+        rendered: str,
+        pieces: list[tuple[int, int, int, str]],
+        data: list[tuple[int, int, int]],
+        eots: dict[int, tuple[int, int, int]],
+        regions: list[tuple[int, int]],
+        trains: list[bool],
+    ) -> tuple[list[tuple], list[str]]:
+        """The rendered text cut into chunks with their training, and the texts to tokenize as text.
+
+        Chunks are ``("t", text, trained, -1)`` template text, ``("c", index into texts, trained,
+        message, kind)`` plain text, ``("e", id, trained, message)`` an eot.
+        """
         mode = self.options.train_on_eos
         last_trained = max((i for i, t in enumerate(trains) if t), default=None)
         eot_at = {}
@@ -563,56 +589,76 @@ class ChatTemplateTokenizer:
             {p for region in regions for p in region} | {p for s, e, _ in eots.values() for p in (s, e)}
         )
 
-        # Chunks in text order: ("t", text, trained, -1) template text, ("c", index into texts,
-        # trained, message, kind) plain text, ("e", id, trained, message) an eot.
         items: list[tuple] = []
         texts: list[str] = []
-        train_reasoning = self.options.train_on_reasoning
-        region_index = 0
-        data_index = 0
+        append = items.append
+        with_reasoning = self.options.train_on_reasoning
+        cut_index, cut_count = 0, len(cuts)
+        region_index, region_count = 0, len(regions)
         position = 0
         end_of_text = len(rendered)
         for s, e, m, field in [*pieces, (end_of_text, end_of_text, -1, "")]:
             if s > position:
                 # Template text between two pieces, cut at eots and region boundaries.
-                points = [position]
-                c = bisect_right(cuts, position)
-                while c < len(cuts) and cuts[c] < s:
-                    points.append(cuts[c])
-                    c += 1
-                points.append(s)
-                for x, y in zip(points, points[1:], strict=False):
+                x = position
+                while cut_index < cut_count and cuts[cut_index] <= x:
+                    cut_index += 1
+                while x < s:
+                    if cut_index < cut_count and cuts[cut_index] < s:
+                        y = cuts[cut_index]
+                        cut_index += 1
+                    else:
+                        y = s
                     eot = eot_at.get(x)
                     if eot is not None and eot[0] == y:
-                        items.append(("e", eot[1], eot[2], eot[3]))
-                        continue
-                    while region_index < len(regions) and regions[region_index][1] <= x:
-                        region_index += 1
-                    trained = region_index < len(regions) and regions[region_index][0] <= x
-                    if not data:
-                        items.append(("t", rendered[x:y], trained, -1))
-                        continue
-                    while data_index < len(data) and data[data_index][1] <= x:
-                        data_index += 1
-                    cursor = x
-                    for ds, de, dm in data[data_index:]:
-                        if ds >= y:
-                            break
-                        ds, de = max(ds, x), min(de, y)
-                        if self._control_re is not None and self._control_re.search(rendered, ds, de):
-                            if ds > cursor:
-                                items.append(("t", rendered[cursor:ds], trained, -1))
-                            items.append(("c", len(texts), trained, dm, "data"))
-                            texts.append(rendered[ds:de])
-                            cursor = de
-                    if y > cursor:
-                        items.append(("t", rendered[cursor:y], trained, -1))
+                        append(("e", eot[1], eot[2], eot[3]))
+                    else:
+                        while region_index < region_count and regions[region_index][1] <= x:
+                            region_index += 1
+                        trained = region_index < region_count and regions[region_index][0] <= x
+                        if data:
+                            self._template_with_data(items, texts, rendered, x, y, data, trained)
+                        else:
+                            append(("t", rendered[x:y], trained, -1))
+                    x = y
             if e > s:
-                trained = trains[m] and (field == "content" or train_reasoning)
-                items.append(("c", len(texts), trained, m, field))
+                append(("c", len(texts), trains[m] and (field == "content" or with_reasoning), m, field))
                 texts.append(rendered[s:e])
-            position = max(position, e)
+            if e > position:
+                position = e
+        return items, texts
 
+    def _template_with_data(
+        self,
+        items: list[tuple],
+        texts: list[str],
+        rendered: str,
+        x: int,
+        y: int,
+        data: list[tuple[int, int, int]],
+        trained: bool,
+    ) -> None:
+        """Chunks for template text ``x:y`` that may hold data: a data part holding a control-token
+        string becomes a plain-text chunk of its own; the rest stays template text."""
+        cursor = x
+        control_re = self._control_re
+        for ds, de, dm in data:
+            if de <= x or ds >= y:
+                continue
+            ds, de = max(ds, x), min(de, y)
+            if control_re is not None and control_re.search(rendered, ds, de):
+                if ds > cursor:
+                    items.append(("t", rendered[cursor:ds], trained, -1))
+                items.append(("c", len(texts), trained, dm, "data"))
+                texts.append(rendered[ds:de])
+                cursor = de
+        if y > cursor:
+            items.append(("t", rendered[cursor:y], trained, -1))
+
+    def _assemble(
+        self, items: list[tuple], texts: list[str], record: list[Chunk] | None
+    ) -> tuple[list[int], list[int]]:
+        """Tokenize the chunks and join them into ``(input_ids, labels)``."""
         self._scaffold_ids([item[1] for item in items if item[0] == "t"])
         text_ids = self._batch_ids(texts, as_text=True) if texts else []
         cache = self._scaffold_cache
@@ -635,6 +681,34 @@ class ChatTemplateTokenizer:
                 text = item[1] if tag == "t" else texts[item[1]] if tag == "c" else self._token_text(item[1])
                 record.append(Chunk(kind, item[3], text, list(ids), trained))
         return input_ids, labels
+
+
+class _Anchors:
+    """Everything tracked that a message owns (its text pieces and its data), in text order.
+
+    ``solid`` holds ``(start, end, message, is_reasoning)`` for every piece and data span (data of
+    no message too, as -1); ``first``, ``last`` and ``first_main`` give, per message, the index in
+    ``solid`` of its first anchor, its last one and its first one that is not reasoning.
+    """
+
+    __slots__ = ("first", "first_main", "last", "solid")
+
+    def __init__(self, pieces: list[tuple[int, int, int, str]], data: list[tuple[int, int, int]]):
+        solid = [(s, e, m, f == REASONING) for s, e, m, f in pieces]
+        if data:
+            solid = sorted(solid + [(s, e, m, False) for s, e, m in data])
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        first_main: dict[int, int] = {}
+        for k, (_, _, m, reasoning) in enumerate(solid):
+            if m < 0:
+                continue
+            if m not in first:
+                first[m] = k
+            if not reasoning and m not in first_main:
+                first_main[m] = k
+            last[m] = k
+        self.solid, self.first, self.last, self.first_main = solid, first, last, first_main
 
 
 def _alternation(texts: set[str]) -> re.Pattern | None:

@@ -76,8 +76,8 @@ QWEN3 = (
     "{%- elif first_is_system -%}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
-    # Reasoning is shown only on the assistant turns after the last user message.
-    "{%- set state = namespace(last_user=-1) -%}"
+    # Reasoning is shown only on the assistant turns after the last user message (none without one).
+    "{%- set state = namespace(last_user=messages | length - 1) -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{%- set state.last_user = loop.index0 -%}{%- endif -%}"
     "{%- endfor -%}"
@@ -91,7 +91,7 @@ QWEN3 = (
     "{%- if message['reasoning_content'] is string -%}{%- set reasoning = message['reasoning_content'] -%}"
     "{%- elif '</think>' in content -%}"
     "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1] -%}"
-    "{%- set content = content.split('</think>')[-1] -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
     "{%- endif -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
     "{%- if loop.index0 > state.last_user and (loop.last or reasoning) -%}"
