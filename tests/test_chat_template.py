@@ -6,8 +6,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
-from ftk.core.errors import FtkError
-from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer, RowError
+from ftk.core.errors import FtkError, RowError
+from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 
 START, END, NL = 151644, 151645, 198
 SYSTEM, USER, ASSISTANT = [8948, NL], [872, NL], [77091, NL]

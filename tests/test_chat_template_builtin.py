@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
-from ftk.core.errors import FtkError
-from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer, RowError
+from ftk.core.errors import FtkError, RowError
+from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.templates import BUILTIN_TEMPLATES
 
 X = -100

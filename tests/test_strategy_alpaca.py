@@ -12,9 +12,8 @@ from transformers import AutoTokenizer
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.data.pipeline import prepare_data
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, RowError
 from ftk.prompt_strategies.alpaca import AlpacaOptions, build
-from ftk.prompt_strategies.chat_template import RowError
 
 X = -100
 EOS, PAD, START, NL = 151645, 151643, 151644, 198

@@ -11,8 +11,7 @@ from transformers import AutoTokenizer
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.data.pipeline import prepare_data
-from ftk.core.errors import FtkError
-from ftk.prompt_strategies.chat_template import RowError
+from ftk.core.errors import FtkError, RowError
 from ftk.prompt_strategies.input_output import InputOutputOptions, build
 
 X = -100

@@ -11,3 +11,7 @@ class FtkError(Exception):
     """
 
     exit_code = 2
+
+
+class RowError(FtkError):
+    """A dataset row a strategy cannot use; the message names the field (the pipeline adds file and row)."""

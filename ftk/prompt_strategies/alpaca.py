@@ -34,12 +34,8 @@ from pydantic_core import PydanticCustomError
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
-from ftk.prompt_strategies.chat_template import (
-    IGNORE_INDEX,
-    ChatTemplateOptions,
-    ChatTemplateTokenizer,
-    RowError,
-)
+from ftk.core.errors import RowError
+from ftk.prompt_strategies.chat_template import IGNORE_INDEX, ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
 
 PREAMBLE_WITH_INPUT = (

@@ -1,65 +1,17 @@
 """``type: chat_template``: conversations rendered with a chat template, trained per role.
 
-**Rendering.**  The conversation is rendered once, with each message's content and reasoning
-tracked through the template (``ftk.integrations.chat_template_spans``), so the rendered text
-comes with the exact span of every message text, and of the data around it (tool calls, tool
-definitions, JSON).  A content the template loses track of (``replace``) is found by a search
-bounded by its neighbours.
-
-**Tokens.**  Message texts are tokenized as plain text (a ``<|im_end|>`` typed by a user stays
-text), so a message cannot forge a turn.  Template text is tokenized with its control tokens
-(cached per distinct string); data inside it is tokenized with it unless the data holds a
-control-token string, in which case the data part is tokenized as plain text on its own.
-
-**End of turn.**  The end-of-turn (eot) tokens are a set of token ids:
-
-* ``eot_tokens`` (a list of token strings, each one token) when the dataset gives it;
-* otherwise the tokenizer's eos, plus what the template itself ends an assistant turn with: a
-  probe conversation (user, assistant, user, assistant with one-letter contents) is rendered, and
-  the first special token after each assistant content is taken.  This gives ``<|im_end|>`` for
-  ChatML, ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma (whose eos is never rendered),
-  ``</s>`` for Mistral; special tokens that a template writes inside a turn (``<tool_call>``,
-  ``</think>``) never come right after a plain assistant content, so they are not taken.  If the
-  probe cannot be rendered, the eos alone is used.
-
-A message's eot is the first eot token the template writes after the message's last tracked
-piece (content, reasoning or tool call) and before the next piece of another message.  So a
-tool-call turn's eot is found after its calls, and a message without one (a tool result that
-shares a turn with the next one) has none.
-
-**Labels.**  A trained message (its role is in ``roles_to_train``, or its
-``message_field_training`` flag says so) is trained from the start of its turn's own text up to
-and including its eot: everything the template renders for it after the content (tool calls) is
-trained too.  The start is where the template's generation prompt ends (found by rendering a
-user message with and without ``add_generation_prompt``; the last occurrence before the message's
-first piece), so that what the model must write itself after that prompt (Qwen3's ``<think>``) is
-trained; where the generation prompt is not found, the start is the message's first piece.  With
-``train_on_reasoning: false`` the start is the message's content (or first tool call) instead,
-and reasoning pieces are never trained.  The eot follows ``train_on_eos`` (``turn``: eots of
-trained messages; ``all``; ``last``: the last trained message's; ``none``).  ``train_on_inputs``
-trains every token.
-
-**Reasoning.**  ``reasoning_content`` (or ``thinking``/``reasoning``) on a message is passed to
-the template as ``reasoning_content`` and ``thinking``, as transformers does.  An assistant
-content that begins with a ``<think>...</think>`` block is split into reasoning and content when
-the template renders reasoning (its text names ``reasoning_content`` or ``thinking``); otherwise
-the content is kept whole and the block is only labelled as reasoning.  ``train_on_reasoning``
-defaults to true, because the reasoning is text the model has to learn to write before its
-answer; false keeps the reasoning in the context but trains the answers only.
-
-**Tools.**  The ``field_tools`` column (a list of tool definitions, or that list as a JSON string)
-goes to the template as ``tools``.  Assistant messages may carry ``tool_calls`` (OpenAI shape;
-``arguments`` given as a JSON string is parsed into an object so templates that apply ``tojson``
-do not quote it twice).  ``tool`` messages (results) are not trained unless ``roles_to_train``
-names ``tool``.
-
-**System message.**  ``drop_system_message`` removes system messages; ``default_system_message``
-is then put first in every conversation that has no system message (both together replace it).
+The conversation is rendered once with every message text tracked through the template
+(``ftk.integrations.chat_template_spans``); message texts are tokenized as plain text (a user
+cannot forge a turn), template text with its control tokens. A trained message is trained from
+where the template's generation prompt ends up to and including its end-of-turn token, which is
+``eot_tokens`` or what the template itself ends an assistant turn with (found by rendering a
+probe conversation). Tools, tool calls and reasoning are handed to the template; rows are read
+by ``ftk.prompt_strategies.chat_rows``. docs/architecture.md ("Chat template masking") has the
+rules in full: end-of-turn choice, reasoning, tools, system message options.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -70,20 +22,15 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, RowError
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
+from ftk.prompt_strategies.chat_rows import REASONING, REASONING_KEYS, MessageReader, read_tools
 from ftk.prompt_strategies.templates import resolve_chat_template
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-CANONICAL_ROLES = ("system", "user", "assistant", "tool")
 SCAFFOLD_CACHE_SIZE = 4096
-#: Message properties passed to the template besides role and content (mappable by name).
-MESSAGE_PROPERTIES = ("reasoning_content", "tool_calls", "name", "tool_call_id")
-#: Names a message's reasoning may have, as transformers reads them.
-REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
-REASONING = "reasoning_content"
 _BASE_KEYS = frozenset({"role", "content", "train"})
 
 _THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\n*", re.DOTALL)
@@ -143,10 +90,6 @@ class ChatTemplateOptions(StrictModel):
     )
 
 
-class RowError(FtkError):
-    """A row that cannot be turned into an example: the message names the field."""
-
-
 class Chunk(NamedTuple):
     """A run of tokens with one origin, as ``ChatTemplateTokenizer.explain`` reports it.
 
@@ -160,114 +103,6 @@ class Chunk(NamedTuple):
     text: str
     ids: list[int]
     trained: bool
-
-
-def _role_lookup(options: ChatTemplateOptions) -> dict[str, str]:
-    lookup = {role: role for role in CANONICAL_ROLES}
-    for canonical, aliases in (options.roles or {}).items():
-        for alias in aliases:
-            lookup[alias] = canonical
-    return lookup
-
-
-def _parse_arguments(call: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``call`` whose JSON-string ``arguments`` (at top level or under ``function``) are objects."""
-    call = dict(call)
-    for holder in (call, call.get("function")):
-        if isinstance(holder, dict) and isinstance(holder.get("arguments"), str):
-            try:
-                parsed = json.loads(holder["arguments"])
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                if holder is not call:
-                    holder = call["function"] = dict(holder)
-                holder["arguments"] = parsed
-    return call
-
-
-def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(call, dict) for call in value):
-        raise RowError(f"{where}: must be a list of tool calls (mappings)")
-    return [_parse_arguments(call) for call in value]
-
-
-def read_tools(row: dict[str, Any], field: str) -> list[dict[str, Any]] | None:
-    """The row's tool definitions (None when the row has none)."""
-    tools = row.get(field)
-    if tools is None:
-        return None
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except ValueError as exc:
-            raise RowError(f"{field}: not valid JSON: {exc}") from exc
-    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-        raise RowError(f"{field}: must be a list of tool definitions (mappings), or that list as JSON")
-    return tools or None
-
-
-class _MessageReader:
-    """Reads a row's messages into ``{"role", "content", "train", ...}`` dicts with canonical roles."""
-
-    def __init__(self, options: ChatTemplateOptions):
-        self.options = options
-        self.roles = _role_lookup(options)
-        mapping = options.message_property_mappings
-        self.role_key = mapping.get("role", "role")
-        self.content_key = mapping.get("content", "content")
-        self.reasoning_keys = (mapping[REASONING],) if REASONING in mapping else REASONING_KEYS
-        others = [prop for prop in mapping if prop not in ("role", "content", REASONING)]
-        properties = [prop for prop in MESSAGE_PROPERTIES if prop != REASONING]
-        self.properties = [(prop, mapping.get(prop, prop)) for prop in dict.fromkeys(properties + others)]
-
-    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        options = self.options
-        messages = row.get(options.field_messages)
-        if messages is None:
-            raise RowError(f"{options.field_messages}: missing")
-        if not isinstance(messages, list) or not messages:
-            raise RowError(f"{options.field_messages}: must be a non-empty list of messages")
-        result = []
-        for index, message in enumerate(messages):
-            result.append(self._message(message, f"{options.field_messages}[{index}]"))
-        if options.drop_system_message:
-            result = [message for message in result if message["role"] != "system"]
-        if options.default_system_message is not None and (not result or result[0]["role"] != "system"):
-            result.insert(0, {"role": "system", "content": options.default_system_message, "train": None})
-        if not result:
-            raise RowError(f"{options.field_messages}: no messages left after drop_system_message")
-        return result
-
-    def _message(self, message: Any, where: str) -> dict[str, Any]:
-        role_key, content_key = self.role_key, self.content_key
-        if not isinstance(message, dict):
-            raise RowError(f"{where}: must be a mapping with {role_key!r} and {content_key!r}")
-        raw_role = message.get(role_key)
-        if raw_role not in self.roles:
-            raise RowError(f"{where}.{role_key}: unknown role {raw_role!r}; map it with `roles:`")
-        content = message.get(content_key)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise RowError(f"{where}.{content_key}: must be text, got {type(content).__name__}")
-        field_training = self.options.message_field_training
-        train = message.get(field_training) if field_training else None
-        result = {"role": self.roles[raw_role], "content": content, "train": train}
-        if len(message) <= 1 + (content_key in message):  # nothing besides role and content
-            return result
-        for key in self.reasoning_keys:
-            reasoning = message.get(key)
-            if reasoning is not None:
-                if not isinstance(reasoning, str):
-                    raise RowError(f"{where}.{key}: must be text, got {type(reasoning).__name__}")
-                result[REASONING] = reasoning
-                break
-        for prop, key in self.properties:
-            value = message.get(key)
-            if value is not None:
-                result[prop] = _tool_calls(value, f"{where}.{key}") if prop == "tool_calls" else value
-        return result
 
 
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -293,7 +128,7 @@ class ChatTemplateTokenizer:
             options.chat_template_jinja or cfg.chat_template_jinja,
             tokenizer,
         )
-        self.read_messages = _MessageReader(options)
+        self.read_messages = MessageReader(options)
         self.renders_reasoning = bool(_NAMES_REASONING.search(self.template))
         self.render_kwargs: dict[str, Any] = {
             **tokenizer.special_tokens_map,

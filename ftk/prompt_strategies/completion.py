@@ -17,8 +17,7 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
-from ftk.core.errors import FtkError
-from ftk.prompt_strategies.chat_template import RowError
+from ftk.core.errors import FtkError, RowError
 
 
 class CompletionOptions(StrictModel):

@@ -16,7 +16,8 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
-from ftk.prompt_strategies.chat_template import IGNORE_INDEX, RowError
+from ftk.core.errors import RowError
+from ftk.prompt_strategies.chat_template import IGNORE_INDEX
 
 
 class InputOutputOptions(StrictModel):
