@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.errors import FtkError, RowError
@@ -24,11 +23,6 @@ CONVERSATION = [
     {"role": "user", "content": "Bye"},
     {"role": "assistant", "content": "Bye"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def encode(tokenizer, row, train_on_inputs=False, **options):

@@ -41,11 +41,6 @@ def make_config(tmp_path: Path, model_dir: Path, data: Path, extra: str = "") ->
     return cfg
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def prepare(cfg_path: Path, tokenizer):
     cfg, manager = load_config(cfg_path)
     return prepare_data(cfg, tokenizer, manager.collect_registrations())

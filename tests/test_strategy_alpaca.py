@@ -58,11 +58,6 @@ NO_INPUT_PROMPT = [*PREAMBLE, *INSTRUCTION, *SAY_HI, *BLANK, *RESPONSE]
 INPUT_PROMPT = [*PREAMBLE_INPUT, *INSTRUCTION, *ADD, *BLANK, *INPUT, *TWO_AND_THREE, *BLANK, *RESPONSE]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def encode(tokenizer, row, train_on_inputs=False, **options):
     dataset = DatasetConfig(path="d", type="alpaca")
     dataset._options = AlpacaOptions(**options)

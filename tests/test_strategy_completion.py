@@ -23,11 +23,6 @@ WORDS = [603, 1378, 2326, 3040, 4236, 4743, 8094, 8063, 11627, 5779]
 DOCUMENT = [*WORDS, EOS]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def encode(tokenizer, row, sequence_len=2048, **options):
     dataset = DatasetConfig(path="d", type="completion")
     dataset._options = CompletionOptions(**options)

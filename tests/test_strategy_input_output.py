@@ -6,7 +6,6 @@ import json
 import textwrap
 
 import pytest
-from transformers import AutoTokenizer
 
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import DatasetConfig, FtkConfig
@@ -29,11 +28,6 @@ SEGMENTS = [
     {"text": "Hello there<|im_end|>", "label": True},
     {"text": " Bye", "label": False},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def encode(tokenizer, row, train_on_inputs=False, **options):
