@@ -21,3 +21,33 @@ def tokenizer(tiny_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+# Control tokens added per template (ids follow the 151,646 tokens of the tiny vocabulary), and
+# the bos/eos the family uses.  "<s>" and "</s>" are already in Qwen's vocabulary (as plain text).
+TEMPLATE_SPECIAL_TOKENS = {
+    "chatml": ([], {}),
+    "llama3": (
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+    ),
+    "qwen3": (
+        ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+        {},
+    ),
+    "mistral": (["[INST]", "[/INST]"], {"bos_token": "<s>", "eos_token": "</s>"}),
+    "gemma": (["<start_of_turn>", "<end_of_turn>"], {"bos_token": "<bos>", "eos_token": "<eos>"}),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tiny_model_dir: Path) -> dict:
+    """One tiny-model tokenizer per built-in template, with that family's control tokens added."""
+    from transformers import AutoTokenizer
+
+    made = {}
+    for name, (extra, named) in TEMPLATE_SPECIAL_TOKENS.items():
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tokenizer.add_special_tokens({"additional_special_tokens": extra, **named})
+        made[name] = tokenizer
+    return made

@@ -6,7 +6,6 @@ Each template runs on the tiny model's tokenizer (Qwen BPE) with that family's c
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.errors import FtkError, RowError
@@ -30,21 +29,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "Bye"},
 ]
 
-# Control tokens added per template (ids follow the 151,646 tokens of the tiny vocabulary), and
-# the bos/eos the family uses.  "<s>" and "</s>" are already in Qwen's vocabulary (as plain text).
-ADDED = {
-    "chatml": ([], {}),
-    "llama3": (
-        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-    ),
-    "qwen3": (
-        ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
-        {},
-    ),
-    "mistral": (["[INST]", "[/INST]"], {"bos_token": "<s>", "eos_token": "</s>"}),
-    "gemma": (["<start_of_turn>", "<end_of_turn>"], {"bos_token": "<bos>", "eos_token": "<eos>"}),
-}
 EXPECTED_IDS = {
     "llama3": {
         "<|begin_of_text|>": 151646,
@@ -59,16 +43,10 @@ EXPECTED_IDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizers(tiny_model_dir):
-    made = {}
-    for name, (extra, named) in ADDED.items():
-        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        tokenizer.add_special_tokens({"additional_special_tokens": extra, **named})
-        for token, token_id in EXPECTED_IDS.get(name, {}).items():
-            assert tokenizer.convert_tokens_to_ids(token) == token_id, (name, token)
-        made[name] = tokenizer
-    return made
+def test_added_control_tokens_have_the_ids_the_tests_spell_out(tokenizers):
+    for name, expected in EXPECTED_IDS.items():
+        for token, token_id in expected.items():
+            assert tokenizers[name].convert_tokens_to_ids(token) == token_id, (name, token)
 
 
 def chat_tokenizer(tokenizer, name, train_on_inputs=False, **options):

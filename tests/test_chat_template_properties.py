@@ -21,25 +21,11 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.prompt_strategies.chat_template import IGNORE_INDEX, ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.templates import BUILTIN_TEMPLATES
 
-ADDED = {
-    "chatml": ([], {}),
-    "llama3": (
-        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-    ),
-    "qwen3": (
-        ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
-        {},
-    ),
-    "gemma": (["<start_of_turn>", "<end_of_turn>"], {"bos_token": "<bos>", "eos_token": "<eos>"}),
-    "mistral": (["[INST]", "[/INST]"], {"bos_token": "<s>", "eos_token": "</s>"}),
-}
 EOT = {
     "chatml": "<|im_end|>",
     "llama3": "<|eot_id|>",
@@ -90,16 +76,6 @@ def conversations(draw: st.DrawFn, alternating: bool) -> list[dict[str, str]]:
             st.lists(st.sampled_from(["system", "user", "assistant", "tool"]), min_size=1, max_size=6)
         )
     return [{"role": role, "content": draw(content)} for role in roles]
-
-
-@pytest.fixture(scope="module")
-def tokenizers(tiny_model_dir):
-    made = {}
-    for name, (extra, named) in ADDED.items():
-        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-        tokenizer.add_special_tokens({"additional_special_tokens": extra, **named})
-        made[name] = tokenizer
-    return made
 
 
 _CHATS: dict[tuple, ChatTemplateTokenizer] = {}
