@@ -88,8 +88,6 @@ def _run(args: argparse.Namespace, overrides: list[str], manager: FtkPluginManag
     from ftk.core.config.loader import dump_config, load_config
 
     if getattr(args, "plugin_command", None) is not None:
-        if overrides:
-            raise FtkError(f"command line: unexpected arguments: {' '.join(overrides)}")
         return int(args.plugin_command.run(args) or 0)
     if args.command == "plugins":
         if args.config:
