@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftk.cli import main
+from ftk.core.errors import FtkError
 from ftk.core.plugins import BUILTIN_PLUGINS, FtkPluginManager, PluginImportError, create_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +137,20 @@ def test_ftk_plugins_lists_builtins_sources_and_hooks(capsys):
     for name in BUILTIN_PLUGINS:
         assert name in out
     assert "built-in" in out and "apply_adapter" in out
+
+
+def test_a_name_registered_twice_names_both_plugins(tmp_path, monkeypatch):
+    clash = """\
+from ftk.core.hookspecs import hookimpl
+
+@hookimpl
+def register_prompt_strategies(register):
+    register("chat_template", lambda dataset, tokenizer, cfg: None)
+"""
+    monkeypatch.syspath_prepend(str(make_distribution(tmp_path, "ftk_clash", clash, entry_name="clash")))
+    manager = create_plugin_manager()
+    with pytest.raises(FtkError) as info:
+        manager.collect_registrations()
+    assert str(info.value) == (
+        "plugin 'clash': prompt strategy 'chat_template' is already registered by plugin 'prompt_strategies'"
+    )

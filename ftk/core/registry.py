@@ -69,16 +69,16 @@ class Registry:
     section_owners: dict[str, str] = field(default_factory=dict)
     strategies: dict[str, Strategy] = field(default_factory=dict)
 
-    def _claim(self, kind: str, table: dict, name: str, plugin: str, owner: str) -> None:
-        if name in table:
-            raise FtkError(f"plugin {plugin!r}: {kind} {name!r} is already registered by plugin {owner!r}")
+    @staticmethod
+    def _taken(kind: str, name: str, plugin: str, owner: str) -> FtkError:
+        return FtkError(f"plugin {plugin!r}: {kind} {name!r} is already registered by plugin {owner!r}")
 
     def command_registrar(self, plugin: str) -> CommandRegistrar:
         """Return the ``register`` callback handed to ``register_commands`` for ``plugin``."""
 
         def register(name, help, add_arguments, run):  # noqa: A002 - mirrors argparse's own name
             if name in self.commands:
-                self._claim("command", self.commands, name, plugin, self.commands[name].plugin)
+                raise self._taken("command", name, plugin, self.commands[name].plugin)
             self.commands[name] = Command(name, help, add_arguments, run, plugin)
 
         return register
@@ -88,7 +88,7 @@ class Registry:
 
         def register(name, model):
             if name in self.sections:
-                self._claim("config section", self.sections, name, plugin, self.section_owners[name])
+                raise self._taken("config section", name, plugin, self.section_owners[name])
             self.sections[name] = model
             self.section_owners[name] = plugin
 
@@ -99,7 +99,7 @@ class Registry:
 
         def register(name, build, options_model=None):
             if name in self.strategies:
-                self._claim("prompt strategy", self.strategies, name, plugin, self.strategies[name].plugin)
+                raise self._taken("prompt strategy", name, plugin, self.strategies[name].plugin)
             self.strategies[name] = Strategy(name, build, options_model, plugin)
 
         return register
