@@ -67,6 +67,15 @@ def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their hooks")
     plugins.add_argument("config", nargs="?", help="also load the plugins this config names")
 
+    completion = commands.add_parser(
+        "completion",
+        parents=[common],
+        help="print a shell completion script",
+        description="Print a completion script for bash (zsh: run `autoload bashcompinit && bashcompinit` first). "
+        'Enable it with: eval "$(ftk completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+
     for command in manager.collect_registrations().commands.values():
         sub = commands.add_parser(command.name, parents=[common], help=command.help)
         command.add_arguments(sub)
@@ -89,6 +98,11 @@ def _run(args: argparse.Namespace, overrides: list[str], manager: FtkPluginManag
 
     if getattr(args, "plugin_command", None) is not None:
         return int(args.plugin_command.run(args) or 0)
+    if args.command == "completion":
+        from ftk.completion import completion_script
+
+        print(completion_script(build_parser(manager), args.shell), end="")
+        return 0
     if args.command == "plugins":
         if args.config:
             load_config(args.config, overrides, manager=manager)
