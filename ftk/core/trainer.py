@@ -87,8 +87,9 @@ class FtkTrainer(Trainer):
         """Packed eval batches when eval packing is on (never reshuffled), else transformers' own."""
         if not self.cfg.packs_eval:
             return super().get_eval_dataloader(eval_dataset)
-        dataset = eval_dataset if eval_dataset is not None and not isinstance(eval_dataset, str) else None
-        return self._packed_dataloader(dataset if dataset is not None else self.eval_dataset, shuffle=False)
+        if eval_dataset is None or isinstance(eval_dataset, str):  # ftk has one eval set
+            eval_dataset = self.eval_dataset
+        return self._packed_dataloader(eval_dataset, shuffle=False)
 
     def _packed_dataloader(self, dataset: Any, shuffle: bool) -> DataLoader:
         sampler = PackedBatchSampler(

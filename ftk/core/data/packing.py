@@ -23,6 +23,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -103,12 +104,19 @@ def _exact_fill(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def bin_shapes(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+def bin_shapes(lengths: Sequence[int], capacity: int) -> tuple[tuple[int, ...], ...]:
     """Which lengths share a bin: the fewer bins of best-fit decreasing and exact fill.
 
-    Depends on the lengths alone. Exact fill is tried up to ``EXACT_FILL_MAX_ROWS`` examples (it
-    costs about half a second per 2,000); best-fit decreasing always.
+    Depends on the lengths alone, so it is computed once per (lengths, capacity): the data
+    pipeline's packing summary and the trainer's sampler share the result. Exact fill is tried
+    up to ``EXACT_FILL_MAX_ROWS`` examples (it costs about half a second per 2,000); best-fit
+    decreasing always.
     """
+    return _bin_shapes(tuple(lengths), capacity)
+
+
+@lru_cache(maxsize=4)
+def _bin_shapes(lengths: tuple[int, ...], capacity: int) -> tuple[tuple[int, ...], ...]:
     too_long = next((i for i, n in enumerate(lengths) if n > capacity), None)
     if too_long is not None:
         raise ValueError(
@@ -119,10 +127,10 @@ def bin_shapes(lengths: Sequence[int], capacity: int) -> list[list[int]]:
         exact = _exact_fill(lengths, capacity)
         if len(exact) < len(shapes):
             shapes = exact
-    return shapes
+    return tuple(tuple(shape) for shape in shapes)
 
 
-def assign_examples(shapes: list[list[int]], lengths: Sequence[int], seed: int) -> list[list[int]]:
+def assign_examples(shapes: Sequence[Sequence[int]], lengths: Sequence[int], seed: int) -> list[list[int]]:
     """Fill each slot of ``shapes`` with an example of that length; ``seed`` decides which one."""
     by_length: dict[int, list[int]] = {}
     for index, length in enumerate(lengths):
