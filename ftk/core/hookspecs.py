@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
     from ftk.core.config.schema import FtkConfig
+    from ftk.core.data.pipeline import PreparedData
+    from ftk.core.step_metrics import StepMetrics
     from ftk.core.registry import CommandRegistrar, SectionRegistrar, StrategyRegistrar
 
 PROJECT = "ftk"
@@ -98,13 +100,27 @@ def compute_loss(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
     num_items_in_batch: torch.Tensor | int | None,
+    metrics: StepMetrics,
 ) -> torch.Tensor | None:
-    """Run the forward pass and return the loss of one micro-batch, normalised by ``num_items_in_batch``."""
+    """Run the forward pass and return the loss of one micro-batch, normalised by ``num_items_in_batch``.
+
+    ``metrics.add(name, value)`` reports extra scalars (e.g. a router loss), averaged into the logs.
+    """
 
 
 @hookspec
 def trainer_callbacks(cfg: FtkConfig) -> list[TrainerCallback]:
     """Contribute ``transformers.TrainerCallback`` objects to the run."""
+
+
+@hookspec
+def pre_train(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedData) -> None:
+    """Called when the trainer is built, before the first step: check settings, print advice."""
+
+
+@hookspec
+def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
+    """Contribute (label, value) rows to the end-of-run summary table (printed and in summary.md)."""
 
 
 @hookspec

@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "prompt_strategies",
     "progress",
     "metrics_log",
+    "run_report",
+    "advisor",
     "tiny_model",
 )
 

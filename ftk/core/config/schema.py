@@ -85,7 +85,23 @@ class FtkConfig(StrictModel):
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     lora_target_modules: list[str] | None = Field(None, description="Module names to adapt.")
-    lora_target_linear: bool = Field(False, description="Adapt every linear layer except the output head.")
+    lora_target_linear: bool = Field(
+        False,
+        description="Adapt every linear layer except the output head (on MoE models: the experts too, not the router).",
+    )
+    lora_modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head); "
+        "added automatically when new tokens are added.",
+    )
+    peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    peft_use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0.0,
+        description="MoE models: weight of the router load-balancing loss added to the loss "
+        "(None: the model's own value; 0 turns it off).",
+    )
 
     # --- data ---
     datasets: list[DatasetConfig] = Field(min_length=1, description="Training data sources.")
@@ -129,8 +145,11 @@ class FtkConfig(StrictModel):
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Schedule shape.")
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="Warmup as a share of steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps.")
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
-        "adamw_torch", description="Optimizer."
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cosine and linear schedules end at this share of learning_rate."
+    )
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "sgd", "adafactor"] = Field(
+        "adamw_torch", description="Optimizer (adamw_bnb_8bit: bitsandbytes 8-bit AdamW, needs a GPU)."
     )
     weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay.")
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
@@ -147,11 +166,30 @@ class FtkConfig(StrictModel):
     # --- output, eval, logging ---
     output_dir: str = Field("./outputs/ftk-run", description="Where adapters, checkpoints, metrics go.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end).")
+    eval_batch_size: int | None = Field(
+        None, gt=0, description="Examples per device per eval forward pass (default: micro_batch_size)."
+    )
+    load_best_model_at_end: bool = Field(
+        False, description="After training, load and save the checkpoint with the lowest eval loss."
+    )
     save_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most N checkpoints.")
     logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint directory to resume from.")
+    auto_resume: bool = Field(
+        False, description="Resume from the latest complete checkpoint in output_dir, if there is one."
+    )
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Experiment trackers that also receive the metrics."
+    )
+    use_tensorboard: bool = Field(False, description="Same as listing tensorboard in report_to.")
+    wandb_project: str | None = Field(None, description="Weights & Biases project; setting it turns wandb on.")
+    wandb_entity: str | None = Field(None, description="Weights & Biases entity (user or team).")
+    wandb_name: str | None = Field(None, description="Weights & Biases run name.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Weights & Biases mode; offline needs no network."
+    )
 
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to load.")
 
@@ -164,6 +202,19 @@ class FtkConfig(StrictModel):
             problems.append((("warmup_steps",), "warmup_ratio and warmup_steps are both set; choose one"))
         if self.chat_template == "jinja" and not self.chat_template_jinja:
             problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
+        if self.resume_from_checkpoint and self.auto_resume:
+            problems.append((("auto_resume",), "set either resume_from_checkpoint or auto_resume, not both"))
+        if self.load_best_model_at_end and not (self.eval_steps and self.save_steps):
+            problems.append(
+                (("load_best_model_at_end",), "needs eval_steps and save_steps (checkpoints to choose from)")
+            )
+        if self.load_best_model_at_end and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
+            problems.append((("save_steps",), "must be a multiple of eval_steps when load_best_model_at_end is on"))
+        if self.lora_modules_to_save and self.adapter is None:
+            problems.append((("lora_modules_to_save",), "needs an adapter (full fine-tuning trains everything)"))
+        if (self.peft_use_dora or self.peft_use_rslora) and self.adapter is None:
+            key = "peft_use_dora" if self.peft_use_dora else "peft_use_rslora"
+            problems.append(((key,), "needs adapter: lora"))
         if self.test_datasets and self.val_set_size:
             problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
         return problems
@@ -172,6 +223,16 @@ class FtkConfig(StrictModel):
     def packs_eval(self) -> bool:
         """Whether eval batches are packed."""
         return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
+
+    @property
+    def trackers(self) -> list[str]:
+        """The experiment trackers to report to, from report_to and the axolotl-style switches."""
+        names = list(self.report_to)
+        if self.use_tensorboard and "tensorboard" not in names:
+            names.append("tensorboard")
+        if self.wandb_project and "wandb" not in names:
+            names.append("wandb")
+        return names
 
     def section(self, name: str) -> Any:
         """Return a plugin's config section by name (None when absent from the config)."""
