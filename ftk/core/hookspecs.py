@@ -126,3 +126,8 @@ def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
 @hookspec
 def post_train(cfg: FtkConfig, trainer: Trainer, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
     """Called after training finished and the final model was saved."""
+
+
+@hookspec
+def run_finished(cfg: FtkConfig, trainer: Trainer, status: str) -> None:
+    """Called when a run ends, finished or stopped early (signal, divergence): write reports here."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,15 @@ import yaml
 from rich.console import Console
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
+from ftk.core import checkpoints
 from ftk.core.config.loader import dump_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import PreparedData, prepare_data
+from ftk.core.errors import FtkError
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
+from ftk.core.summary import print_summary, summary_rows, write_summary
 from ftk.core.trainer import FtkTrainer
 from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
@@ -28,7 +32,7 @@ RESOLVED_CONFIG_NAME = "ftk_config.yaml"
 
 @dataclass
 class TrainResult:
-    """What a finished run produced."""
+    """What a run produced; ``status`` is "finished" or says why it stopped early."""
 
     output_dir: Path
     global_step: int
@@ -36,6 +40,14 @@ class TrainResult:
     eval_loss: float | None
     data: PreparedData
     model: Any
+    status: str = "finished"
+    checkpoint: Path | None = None
+
+
+class TrainingFailed(FtkError):
+    """The run started but could not go on (diverged, out of memory): exit code 1, not 2."""
+
+    exit_code = 1
 
 
 def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
@@ -48,12 +60,31 @@ def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
     }
 
 
+def tracker_settings(cfg: FtkConfig) -> dict[str, Any]:
+    """TrainingArguments for the experiment trackers; sets the WANDB_* variables wandb reads."""
+    trackers = cfg.trackers
+    if "wandb" in trackers:
+        for variable, value in (
+            ("WANDB_PROJECT", cfg.wandb_project),
+            ("WANDB_ENTITY", cfg.wandb_entity),
+            ("WANDB_MODE", cfg.wandb_mode),
+        ):
+            if value:
+                os.environ[variable] = value
+        os.environ.setdefault("WANDB_DIR", cfg.output_dir)
+    settings: dict[str, Any] = {"report_to": trackers or "none"}
+    if cfg.wandb_name:
+        settings["run_name"] = cfg.wandb_name
+    return settings
+
+
 def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
     """transformers' TrainingArguments for ``cfg`` (loss, optimizer, schedule come from hooks)."""
+    best_model = {"metric_for_best_model": "eval_loss", "greater_is_better": False} if has_eval else {}
     return TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size or cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,
@@ -65,14 +96,17 @@ def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
         tf32=True if cfg.tf32 else None,
         **_checkpointing_argument(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, and the run guard stops the run
         eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
+        **best_model,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        **tracker_settings(cfg),
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,
@@ -108,6 +142,8 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         soft_wrap=True,
     )
     model = load_model(cfg, hooks, tokenizer)
+    output_dir = Path(cfg.output_dir)
+    resume_from = checkpoint_to_resume(cfg, console)
 
     callbacks = [callback for group in hooks.trainer_callbacks(cfg=cfg) for callback in group or []]
     trainer = FtkTrainer(
@@ -122,9 +158,43 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         hooks=hooks,
     )
     trainer.remove_callback(PrinterCallback)
+    hooks.pre_train(cfg=cfg, trainer=trainer, model=trainer.model, data=data)
     on_cpu = trainer.args.device.type == "cpu"
-    with large_allocations_from_the_heap() if on_cpu else contextlib.nullcontext():
-        output = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    try:
+        with trainer.guard.signal_handlers():
+            with large_allocations_from_the_heap() if on_cpu else contextlib.nullcontext():
+                output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingFailed(out_of_memory_message(cfg, trainer.state.global_step + 1, exc)) from exc
+
+    guard = trainer.guard
+    if guard.divergence is not None:
+        last_good = checkpoints.latest_checkpoint(output_dir)
+        status = f"diverged at step {guard.divergence.step}"
+        finish_reports(cfg, hooks, trainer, status, console)
+        raise TrainingFailed(divergence_message(guard.divergence.describe(), last_good))
+    if guard.stopped_at is not None:
+        checkpoint = output_dir / checkpoints.checkpoint_name(guard.stopped_at)
+        status = f"stopped by {guard.stop_signal} at step {guard.stopped_at}"
+        finish_reports(cfg, hooks, trainer, status, console)
+        console.print(
+            f"{status}: checkpoint saved to {checkpoint}; continue with --auto_resume true "
+            f"(or resume_from_checkpoint: {checkpoint}). The final model was not saved.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return TrainResult(
+            output_dir,
+            trainer.state.global_step,
+            output.training_loss,
+            None,
+            data,
+            trainer.model,
+            status,
+            checkpoint,
+        )
+
     eval_loss = None
     if data.eval is not None:
         last = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
@@ -132,23 +202,80 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
             last = trainer.evaluate()
         eval_loss = last.get("eval_loss")
 
-    output_dir = Path(cfg.output_dir)
     trainer.save_model(str(output_dir))
     write_resolved_config(cfg, output_dir)
     (output_dir / "data_stats.json").write_text(
         json.dumps([vars(source) for source in data.sources], indent=2), encoding="utf-8"
     )
     hooks.post_train(cfg=cfg, trainer=trainer, model=trainer.model, tokenizer=tokenizer)
+    finish_reports(cfg, hooks, trainer, "finished", console)
     return TrainResult(output_dir, output.global_step, output.training_loss, eval_loss, data, trainer.model)
 
 
-def summary_rows(result: TrainResult) -> list[tuple[str, Any]]:
-    """Label/value pairs for the end-of-run summary."""
-    rows: list[tuple[str, Any]] = [
-        ("optimizer steps", result.global_step),
-        ("mean train loss", f"{result.train_loss:.4f}"),
+def checkpoint_to_resume(cfg: FtkConfig, console: Console) -> Path | None:
+    """The checkpoint to continue from (``resume_from_checkpoint`` or, with ``auto_resume``, the latest).
+
+    Also clears what an interrupted save left in ``output_dir``.
+    """
+    for leftover in checkpoints.remove_incomplete(cfg.output_dir):
+        console.print(f"removed an incomplete checkpoint: {leftover}", markup=False, highlight=False)
+    if cfg.resume_from_checkpoint:
+        path = Path(cfg.resume_from_checkpoint)
+        if not checkpoints.is_complete(path):
+            raise FtkError(
+                f"resume_from_checkpoint: {path} is not a complete checkpoint "
+                f"(expected a checkpoint-N directory holding {checkpoints.TRAINER_STATE_FILE})"
+            )
+        return path
+    if not cfg.auto_resume:
+        if checkpoints.latest_checkpoint(cfg.output_dir) is not None:
+            console.print(
+                f"note: {cfg.output_dir} holds checkpoints of an earlier run; starting afresh "
+                "(auto_resume: true continues from the latest)",
+                markup=False,
+                highlight=False,
+            )
+        return None
+    latest = checkpoints.latest_checkpoint(cfg.output_dir)
+    if latest is None:
+        console.print(f"auto_resume: no checkpoint in {cfg.output_dir}; starting afresh", markup=False)
+    else:
+        console.print(f"auto_resume: resuming from {latest}", markup=False, highlight=False)
+    return latest
+
+
+def divergence_message(what: str, last_good: Path | None) -> str:
+    """The one-paragraph error for a NaN/infinite loss or gradient norm."""
+    where = (
+        f"the last good checkpoint is {last_good} (auto_resume: true continues from it)"
+        if last_good is not None
+        else "no checkpoint was saved before it (set save_steps to keep some)"
+    )
+    return (
+        f"training diverged, {what}; stopped without saving. {where}. "
+        "Try a lower learning_rate, a longer warmup, max_grad_norm: 1.0, or bf16 instead of fp16."
+    )
+
+
+def out_of_memory_message(cfg: FtkConfig, step: int, exc: BaseException) -> str:
+    """What to lower after an out-of-memory error, with the current values."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hints = [
+        f"micro_batch_size (now {cfg.micro_batch_size}; raise gradient_accumulation_steps to keep the batch)",
+        f"sequence_len (now {cfg.sequence_len})",
     ]
-    if result.eval_loss is not None:
-        rows.append(("final eval loss", f"{result.eval_loss:.4f}"))
-    rows.append(("output", str(result.output_dir)))
-    return rows
+    if not cfg.gradient_checkpointing:
+        hints.append("or set gradient_checkpointing: true")
+    return f"out of memory at step {step} ({first_line}). Lower " + ", ".join(hints) + "."
+
+
+def finish_reports(cfg: FtkConfig, hooks: Any, trainer: FtkTrainer, status: str, console: Console) -> None:
+    """Summary table (printed and in summary.md) and the plugins' end-of-run reports."""
+    if not trainer.args.should_save:
+        return
+    hooks.run_finished(cfg=cfg, trainer=trainer, status=status)
+    extra = [row for group in hooks.summary_rows(cfg=cfg, trainer=trainer) for row in group or []]
+    rows = summary_rows(cfg, trainer, status, extra_rows=extra)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    write_summary(Path(cfg.output_dir) / "summary.md", rows)
+    print_summary(console, rows)

@@ -1,21 +1,33 @@
 """``transformers.Trainer`` with its loss, optimizer and scheduler taken from plugin hooks.
 
-It also counts the real (non-padding) tokens it trains on, so that every log entry carries
-``tokens_per_second`` and ``num_tokens``.
+On top of Trainer it:
+
+* counts the real (non-padding) tokens it trains on, so every log entry carries
+  ``tokens_per_second`` and ``num_tokens``, plus the scalars plugins report through ``StepMetrics``;
+* evaluates the mean loss over every trained token of the eval set (``ftk.core.evaluate``), with
+  perplexity, independent of batching and packing;
+* writes each checkpoint under a temporary name and renames it when complete (``ftk.core.checkpoints``);
+* stops cleanly on SIGINT/SIGTERM and on a non-finite loss (``ftk.core.run_guard``).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
+from ftk.core import checkpoints
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.packing import REAL_TOKENS_KEY, PackedBatchSampler, PackedDataset, PackingCollator
 from ftk.core.errors import FtkError
+from ftk.core.evaluate import eval_dataloader, evaluate_loss, hook_summed_loss
+from ftk.core.run_guard import RunGuard
+from ftk.core.step_metrics import StepMetrics
 
 
 class EpochDataLoader(DataLoader):
@@ -40,6 +52,13 @@ class FtkTrainer(Trainer):
         self._tokens_seen = torch.zeros((), dtype=torch.long)
         self._tokens_at_last_log = 0
         self._time_at_last_log: float | None = None
+        self.step_metrics = StepMetrics()
+        self._step_loss = torch.zeros(())
+        self._last_grad_norm: float | None = None
+        self._checkpoint_staging: str | None = None
+        self.guard = RunGuard(self._step_health)
+        self.add_callback(self.guard)
+        self.add_callback(_TokenCounterRestore(self))
 
     def compute_loss(
         self,
@@ -51,7 +70,11 @@ class FtkTrainer(Trainer):
         """Delegate to the ``compute_loss`` hook (the default plugin: token-mean cross-entropy)."""
         inputs = {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
         loss = self.hooks.compute_loss(
-            cfg=self.cfg, model=model, inputs=inputs, num_items_in_batch=num_items_in_batch
+            cfg=self.cfg,
+            model=model,
+            inputs=inputs,
+            num_items_in_batch=num_items_in_batch,
+            metrics=self.step_metrics,
         )
         if loss is None:
             raise FtkError("no plugin computed the loss (every compute_loss hook returned None)")
@@ -75,7 +98,24 @@ class FtkTrainer(Trainer):
             if self._tokens_seen.device != real.device:
                 self._tokens_seen = self._tokens_seen.to(real.device)
             self._tokens_seen += real
-        return super().training_step(model, inputs, *args, **kwargs)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if self._step_loss.device != loss.device:
+            self._step_loss = self._step_loss.to(loss.device)
+        self._step_loss += loss.detach().float()
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> float | None:
+        """Keep the step's gradient norm for the divergence check (Trainer computes it anyway)."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._last_grad_norm = float(norm) if norm is not None else None
+        return norm
+
+    def _step_health(self) -> tuple[float, float | None]:
+        """The finished step's loss and gradient norm; resets them for the next step (one sync)."""
+        loss = float(self._step_loss)
+        self._step_loss.zero_()
+        norm, self._last_grad_norm = self._last_grad_norm, None
+        return loss, norm
 
     def get_train_dataloader(self) -> DataLoader:
         """Packed batches when ``sample_packing`` is on, else transformers' own loader."""
@@ -83,13 +123,70 @@ class FtkTrainer(Trainer):
             return super().get_train_dataloader()
         return self._packed_dataloader(self.train_dataset, shuffle=True)
 
-    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
-        """Packed eval batches when eval packing is on (never reshuffled), else transformers' own."""
-        if not self.cfg.packs_eval:
-            return super().get_eval_dataloader(eval_dataset)
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Mean loss over every trained token of the eval set, with perplexity and token count.
+
+        Logs ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and ``eval_runtime``.
+        """
         if eval_dataset is None or isinstance(eval_dataset, str):  # ftk has one eval set
             eval_dataset = self.eval_dataset
-        return self._packed_dataloader(eval_dataset, shuffle=False)
+        if eval_dataset is None:
+            raise FtkError("no eval set: set val_set_size or test_datasets")
+        loader = eval_dataloader(
+            self.cfg,
+            eval_dataset,
+            self.processing_class.pad_token_id,
+            batch_size=self.args.per_device_eval_batch_size,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+        )
+        summed = hook_summed_loss(self.cfg, self.hooks)
+
+        def summed_with_autocast(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            with self.autocast_smart_context_manager():
+                return summed(model, batch)
+
+        start = time.perf_counter()
+        result = evaluate_loss(self.model, loader, summed_with_autocast, device=self.args.device)
+        metrics = result.as_metrics(prefix=f"{metric_key_prefix}_")
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _get_output_dir(self, trial: Any) -> str:
+        """Trainer writes a checkpoint into this directory: the staging one while a save is running."""
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Save under ``.incomplete-checkpoint-N/`` and rename to ``checkpoint-N`` once complete."""
+        run_dir = Path(super()._get_output_dir(trial))
+        step = self.state.global_step
+        name = checkpoints.checkpoint_name(step)
+        staging = checkpoints.staging_root(run_dir, step)
+        self._checkpoint_staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging = None
+        if self.state.best_global_step:
+            # Trainer looked for the best checkpoint in the staging directory; point at its final place.
+            best = run_dir / checkpoints.checkpoint_name(self.state.best_global_step)
+            if self.state.best_global_step == step or best.is_dir():
+                self.state.best_model_checkpoint = str(best)
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / name / checkpoints.TRAINER_STATE_FILE))
+            checkpoints.publish(staging / name, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     def _packed_dataloader(self, dataset: Any, shuffle: bool) -> DataLoader:
         sampler = PackedBatchSampler(
@@ -139,7 +236,9 @@ class FtkTrainer(Trainer):
                 rate = (seen - self._tokens_at_last_log) / (now - self._time_at_last_log)
                 logs["tokens_per_second"] = round(rate, 1)
             logs["num_tokens"] = seen
+            self.state.num_input_tokens_seen = seen
             self._tokens_at_last_log, self._time_at_last_log = seen, now
+            logs.update({name: round(value, 6) for name, value in self.step_metrics.pop_means().items()})
         super().log(logs, start_time)
 
     def train(self, *args: Any, **kwargs: Any):
@@ -147,3 +246,16 @@ class FtkTrainer(Trainer):
         self._time_at_last_log = time.perf_counter()
         self._tokens_at_last_log = int(self._tokens_seen.item())
         return super().train(*args, **kwargs)
+
+
+class _TokenCounterRestore(TrainerCallback):
+    """On resume, continue the trained-token count from the checkpoint's trainer state."""
+
+    def __init__(self, trainer: FtkTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        seen = int(state.num_input_tokens_seen or 0)
+        if seen:
+            self.trainer._tokens_seen.fill_(seen)
+            self.trainer._tokens_at_last_log = seen

@@ -22,6 +22,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _step(line: str) -> float:
+    """The step of one metrics.jsonl line (a line that does not parse counts as after every step)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsFileCallback(TrainerCallback):
     """Appends each log entry, with its ``step`` and ``epoch``, to ``<output_dir>/metrics.jsonl``."""
 
@@ -32,8 +40,17 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if state.global_step == 0:  # a fresh run starts a new file; a resumed run continues it
+        if state.global_step == 0:  # a fresh run starts a new file
             self.path.write_text("", encoding="utf-8")
+        elif self.path.is_file():
+            # A resumed run continues the file from its checkpoint: entries the interrupted run
+            # logged after that step are dropped, as the resumed run logs those steps again.
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if _step(line) <= state.global_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

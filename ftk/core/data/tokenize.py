@@ -12,6 +12,7 @@ Policies (top-level config keys):
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,10 @@ def tokenize_source(
         remove_columns=raw.column_names,
         num_proc=tokenizing_processes(cfg, len(raw)),
         desc=f"Tokenizing {Path(dataset.path).name}",
+        # ftk's own cache (keyed on data, tokenizer and settings) decides reuse; datasets would
+        # otherwise hash the converter, config included, for a cache of its own.
+        new_fingerprint=uuid.uuid4().hex,
+        load_from_cache_file=False,
     )
     problems, lengths, trained = tokenized["problem"], tokenized["length"], tokenized["trained"]
     keep = [i for i, problem in enumerate(problems) if problem in (KEPT, "truncated")]
