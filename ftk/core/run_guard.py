@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import torch
 from transformers import TrainerCallback
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,6 +39,13 @@ class Divergence:
         return f"step {self.step}: " + ", ".join(parts)
 
 
+def _agree(device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all processes (one small all-reduce)."""
+    tensor = torch.tensor([float(flag) for flag in flags], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return [bool(value) for value in tensor.tolist()]
+
+
 class RunGuard(TrainerCallback):
     """Watches each optimizer step for a stop request or a non-finite loss / gradient norm.
 
@@ -59,6 +67,11 @@ class RunGuard(TrainerCallback):
         loss, grad_norm = self.step_health()
         bad_loss = not math.isfinite(loss)
         bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
+        if args.world_size > 1:
+            # Every process must take the same decision at the same step, or the others hang.
+            bad_loss, bad_norm, stop = _agree(args.device, bad_loss, bad_norm, self.stop_signal is not None)
+            if stop and self.stop_signal is None:
+                self.stop_signal = "a signal to another process"
         if bad_loss or bad_norm:
             self.divergence = Divergence(
                 state.global_step, loss if bad_loss else None, grad_norm if bad_norm else None

@@ -21,6 +21,7 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.errors import FtkError
+from ftk.core.launch import distributed_arguments, main_process_first, rank
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
 from ftk.core.summary import print_summary, summary_rows, write_summary
@@ -107,6 +108,7 @@ def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
         seed=cfg.seed,
         data_seed=cfg.seed,
         **tracker_settings(cfg),
+        **distributed_arguments(),
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=True,
@@ -126,12 +128,15 @@ def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
 def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | None = None) -> TrainResult:
     """Fine-tune as ``cfg`` says and save the adapter (or full weights) and tokenizer to ``output_dir``."""
     console = console or Console(stderr=True)
+    if rank() != 0:  # one process speaks for the run
+        console = Console(quiet=True)
     hooks = manager.hook
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg, hooks)
     # Data first: a bad row fails the run before anything is written to output_dir.
-    data = prepare_data(cfg, tokenizer, registry)
+    with main_process_first():  # rank 0 writes the data cache, the other ranks then read it
+        data = prepare_data(cfg, tokenizer, registry)
     summary = data.summary()
     console.print(
         f"data: {summary['train_rows']:,} train rows, {summary['eval_rows']:,} eval rows, "
@@ -203,10 +208,11 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         eval_loss = last.get("eval_loss")
 
     trainer.save_model(str(output_dir))
-    write_resolved_config(cfg, output_dir)
-    (output_dir / "data_stats.json").write_text(
-        json.dumps([vars(source) for source in data.sources], indent=2), encoding="utf-8"
-    )
+    if trainer.args.should_save:
+        write_resolved_config(cfg, output_dir)
+        (output_dir / "data_stats.json").write_text(
+            json.dumps([vars(source) for source in data.sources], indent=2), encoding="utf-8"
+        )
     hooks.post_train(cfg=cfg, trainer=trainer, model=trainer.model, tokenizer=tokenizer)
     finish_reports(cfg, hooks, trainer, "finished", console)
     return TrainResult(output_dir, output.global_step, output.training_loss, eval_loss, data, trainer.model)

@@ -1,0 +1,69 @@
+"""Two training processes on CPU (DDP over gloo), started by ``ftk train --nproc-per-node 2``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_the_data_and_take_the_same_steps(tmp_path, tiny_model_dir):
+    data = tmp_path / "chat.jsonl"
+    with CHAT.open() as source:
+        data.write_text("".join(islice(source, 16)))
+    out = tmp_path / "out"
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"""\
+base_model: {tiny_model_dir}
+datasets:
+  - path: {data}
+adapter: lora
+lora_r: 4
+lora_alpha: 8
+lora_target_linear: true
+sequence_len: 256
+excess_length_strategy: truncate
+micro_batch_size: 2
+max_steps: 3
+learning_rate: 3.0e-3
+seed: 1
+plugins: [tests.fixture_plugins.record_batches]
+output_dir: {out}
+dataset_prepared_path: {tmp_path / "prepared"}
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-m", "ftk.cli", "train", str(config), "--nproc-per-node", "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+
+    seen = {}
+    for rank in (0, 1):
+        lines = (out / f"batches-rank{rank}.jsonl").read_text().splitlines()
+        seen[rank] = [json.loads(line)["rows"] for line in lines]
+    assert len(seen[0]) == len(seen[1]) == 3  # one micro-batch per step, three steps, on each rank
+    rows0 = {row for batch in seen[0] for row in batch}
+    rows1 = {row for batch in seen[1] for row in batch}
+    assert len(rows0) == len(rows1) == 6 and not rows0 & rows1  # different examples on each rank
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in metrics if "loss" in entry] == [1, 2, 3]
+    assert not list(out.glob("checkpoint-*"))  # no save_steps: only the final adapter
+    assert (out / "adapter_model.safetensors").is_file()
+    assert process.stderr.count("training summary") == 1  # one process speaks for the run
