@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from ftk.core.config.schema import FtkConfig
     from ftk.core.data.pipeline import PreparedData
-    from ftk.core.step_metrics import StepMetrics
     from ftk.core.registry import CommandRegistrar, SectionRegistrar, StrategyRegistrar
+    from ftk.core.step_metrics import StepMetrics
 
 PROJECT = "ftk"
 
@@ -64,6 +64,11 @@ def pre_model_load(cfg: FtkConfig) -> None:
     """Called before the model is loaded: apply kernel patches or environment setup here."""
 
 
+@hookspec
+def model_load_kwargs(cfg: FtkConfig) -> dict[str, Any]:
+    """Contribute keyword arguments for ``from_pretrained`` (e.g. ``quantization_config``, ``device_map``)."""
+
+
 @hookspec(firstresult=True)
 def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel | None:
     """Load the base model for ``cfg``; the first non-None result is used."""
@@ -80,6 +85,11 @@ def apply_adapter(cfg: FtkConfig, model: PreTrainedModel) -> Any | None:
 
 
 # --- training -----------------------------------------------------------------------------
+
+
+@hookspec
+def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
+    """Contribute ``transformers.TrainingArguments`` fields (e.g. ``deepspeed``, ``fsdp``); a clash is an error."""
 
 
 @hookspec(firstresult=True)

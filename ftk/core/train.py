@@ -79,10 +79,23 @@ def tracker_settings(cfg: FtkConfig) -> dict[str, Any]:
     return settings
 
 
-def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
+def plugin_training_arguments(cfg: FtkConfig, hooks: Any) -> dict[str, Any]:
+    """The TrainingArguments fields plugins contribute; two plugins setting one field is an error."""
+    merged: dict[str, Any] = {}
+    for contribution in hooks.training_arguments(cfg=cfg) if hooks is not None else []:
+        for key, value in (contribution or {}).items():
+            if key in merged and merged[key] != value:
+                raise FtkError(
+                    f"plugins disagree on the training argument {key!r}: {merged[key]!r} vs {value!r}"
+                )
+            merged[key] = value
+    return merged
+
+
+def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Any = None) -> TrainingArguments:
     """transformers' TrainingArguments for ``cfg`` (loss, optimizer, schedule come from hooks)."""
     best_model = {"metric_for_best_model": "eval_loss", "greater_is_better": False} if has_eval else {}
-    return TrainingArguments(
+    arguments = dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size or cfg.micro_batch_size,
@@ -116,6 +129,8 @@ def training_arguments(cfg: FtkConfig, has_eval: bool) -> TrainingArguments:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    arguments.update(plugin_training_arguments(cfg, hooks))
+    return TrainingArguments(**arguments)
 
 
 def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
@@ -153,7 +168,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     callbacks = [callback for group in hooks.trainer_callbacks(cfg=cfg) for callback in group or []]
     trainer = FtkTrainer(
         model=model,
-        args=training_arguments(cfg, has_eval=data.eval is not None),
+        args=training_arguments(cfg, has_eval=data.eval is not None, hooks=hooks),
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=PaddingCollator(pad_token_id=tokenizer.pad_token_id),  # unpacked batches
