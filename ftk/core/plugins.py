@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metrics_log",
     "run_report",
     "advisor",
+    "profiling",
     "tiny_model",
 )
 
@@ -99,7 +100,7 @@ class FtkPluginManager:
         return name in (_env_list("FTK_DISABLE_PLUGINS") or [])
 
     def _register(self, module: ModuleType, name: str, source: str, version: str) -> None:
-        if self._blocked(name) or name in self.infos:
+        if self._blocked(name) or name in self.infos or self.pm.is_registered(module):
             return
         self.pm.register(module, name=name)
         hooks = sorted(

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticUndefined
 
 from ftk.core import hookspecs
@@ -91,7 +91,18 @@ def config_reference(manager: FtkPluginManager) -> str:
     if registry.sections:
         out += ["", "## Plugin sections"]
         for name, model in sorted(registry.sections.items()):
-            out += ["", f"### `{name}:` (plugin `{registry.section_owners[name]}`)", "", *_table(model)]
+            owner = registry.section_owners[name]
+            if issubclass(model, RootModel):  # a top-level value, not a mapping of keys
+                kind = _type_name(model.model_fields["root"].annotation).replace("|", "\\|")
+                about = inspect.getdoc(model) or ""
+                out += [
+                    "",
+                    f"### `{name}` (plugin `{owner}`)",
+                    "",
+                    f"A value of type {kind}, unset by default. {about}",
+                ]
+            else:
+                out += ["", f"### `{name}:` (plugin `{owner}`)", "", *_table(model)]
     return "\n".join(out) + "\n"
 
 
