@@ -256,12 +256,12 @@ def test_bad_keys_fail_validation_with_exit_code_2(tmp_path, capsys, extra, mess
     ("extra", "key"),
     [("profiler_steps_start: 3\n", "profiler_steps_start"), ("profiler:\n  row_limit: 3\n", "profiler")],
 )
-def test_settings_without_profiler_steps_are_an_error(tmp_path, extra, key):
-    cfg, _ = load_config(
-        write_config(tmp_path / "c.yaml", "some/model", "data.jsonl", tmp_path / "out", extra)
-    )
-    with pytest.raises(FtkError, match=rf"^{key}: set profiler_steps to profile"):
-        profiling.trainer_callbacks(cfg)
+def test_settings_without_profiler_steps_are_a_config_error(tmp_path, capsys, extra, key):
+    config = write_config(tmp_path / "c.yaml", "some/model", "data.jsonl", tmp_path / "out", extra)
+    assert main(["validate", str(config)]) == 2
+    assert "c.yaml:" in capsys.readouterr().err
+    with pytest.raises(FtkError, match=rf"c.yaml:\d+: {key}: set profiler_steps to profile"):
+        load_config(config)
 
 
 def test_row_limit_must_be_positive():

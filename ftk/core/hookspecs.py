@@ -42,6 +42,11 @@ def register_config_sections(register: SectionRegistrar) -> None:
 
 
 @hookspec
+def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Report problems that involve several keys, as (key path, message); shown like schema errors."""
+
+
+@hookspec
 def register_prompt_strategies(register: StrategyRegistrar) -> None:
     """Add dataset strategies usable as ``type:``: ``register("name", build, options_model)``."""
 

@@ -35,7 +35,6 @@ from rich.table import Table
 from transformers import TrainerCallback
 
 from ftk.core.config.schema import FtkConfig, StrictModel
-from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
 from ftk.core.registry import SectionRegistrar
 
@@ -95,9 +94,6 @@ def profile_window(cfg: FtkConfig) -> ProfileWindow | None:
     start = cfg.section(START_KEY)
     settings = cfg.section(SETTINGS_KEY)
     if steps is None:
-        orphans = [key for key, value in ((START_KEY, start), (SETTINGS_KEY, settings)) if value is not None]
-        if orphans:
-            raise FtkError(f"{orphans[0]}: set {STEPS_KEY} to profile (without it nothing is profiled)")
         return None
     return ProfileWindow(
         start=start.root if start is not None else 0,
@@ -331,6 +327,18 @@ def register_config_sections(register: SectionRegistrar) -> None:
     register(STEPS_KEY, ProfilerSteps)
     register(START_KEY, ProfilerStepsStart)
     register(SETTINGS_KEY, ProfilerSettings)
+
+
+@hookimpl
+def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
+    """``profiler_steps_start`` or ``profiler:`` without ``profiler_steps`` profiles nothing: say so."""
+    if cfg.section(STEPS_KEY) is not None:
+        return []
+    return [
+        ((key,), f"set {STEPS_KEY} to profile (without it nothing is profiled)")
+        for key in (START_KEY, SETTINGS_KEY)
+        if cfg.section(key) is not None
+    ]
 
 
 @hookimpl

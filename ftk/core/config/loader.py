@@ -201,6 +201,9 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
         raise AssertionError("unreachable") from exc
     for loc, message in cfg.combination_problems():
         errors.add(loc, message)
+    for problems in manager.hook.config_problems(cfg=cfg):
+        for loc, message in problems or []:
+            errors.add(tuple(loc), message)
     errors.raise_if_any()
     for key in DATASET_LIST_KEYS:
         for index, dataset in enumerate(getattr(cfg, key)):
