@@ -49,7 +49,7 @@ def test_builtins_load_in_order_with_their_hooks():
     manager = create_plugin_manager()
     builtins = [info for info in manager.infos.values() if info.source == "built-in"]
     assert [info.name for info in builtins] == list(BUILTIN_PLUGINS)
-    assert manager.infos["lora"].hooks == ["apply_adapter"]
+    assert manager.infos["lora"].hooks == ["apply_adapter", "register_commands"]
     assert manager.infos["hf_model"].hooks == ["load_model", "load_tokenizer"]
     assert manager.infos["loss"].hooks == ["compute_loss"]
 

@@ -1,30 +1,319 @@
-"""LoRA adapters through peft, and plain full fine-tuning when no adapter is configured."""
+"""LoRA adapters through peft, full fine-tuning when no adapter is configured, and ``ftk merge-lora``.
+
+What gets an adapter:
+
+* ``lora_target_modules``: the modules whose names end with these names (``q_proj`` matches
+  ``model.layers.0.self_attn.q_proj``).  On mixture-of-experts models whose experts are fused into
+  3-D parameters (transformers 5), a name may also be such a parameter (``gate_up_proj``), and
+  peft maps the per-expert names of transformers 4 (``gate_proj``, ``up_proj``, ``down_proj``)
+  onto them.
+* ``lora_target_linear: true``: every ``nn.Linear`` except the output head, plus the fused expert
+  weights of MoE models, but never a router (the module beside ``experts`` that scores them):
+  routers stay frozen unless named in ``lora_target_modules``.
+* Neither: peft's default for the architecture.
+
+``lora_modules_to_save`` trains whole modules (with the output head kept tied to the input
+embeddings where the model ties them).  Tokens the run added to the vocabulary (see
+``ftk.plugins.hf_model.added_token_ids``) are trained even if nothing is listed: only their rows,
+through peft's ``trainable_token_indices`` (which follows a tied output head), unless the whole
+embedding is already in ``lora_modules_to_save``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
 from peft import LoraConfig, get_peft_model
+from rich.console import Console
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+from ftk.plugins.hf_model import added_token_ids
+
+if TYPE_CHECKING:
+    from ftk.core.registry import CommandRegistrar
+
+#: Names of the modules beside ``experts`` in an MoE block that score the experts (the router).
+ROUTER_NAME_PARTS = ("gate", "router")
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+MERGED_DIR_NAME = "merged"
 
 
-def lora_config(cfg: FtkConfig) -> LoraConfig:
-    """peft's LoraConfig for the ``lora_*`` keys (``lora_target_linear`` means every linear layer)."""
+def _say(text: str) -> None:
+    """Print a one-line note about the adapter to stderr (no markup, no wrapping)."""
+    Console(stderr=True, soft_wrap=True).print(text, markup=False, highlight=False)
+
+
+# --- what to adapt ------------------------------------------------------------------------------
+
+
+def _matches(key: str, name: str) -> bool:
+    """peft's rule for a target name: the full key, or its dotted suffix."""
+    return key == name or key.endswith(f".{name}")
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def output_head_name(model: torch.nn.Module) -> str | None:
+    """The full name of the output projection (lm_head), or None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((name for name, module in model.named_modules() if module is head), None)
+
+
+def router_names(model: torch.nn.Module) -> list[str]:
+    """Full names of MoE routers: modules beside an ``experts`` module named like a gate or router."""
+    routers = []
+    for prefix, module in model.named_modules():
+        if not isinstance(getattr(module, "experts", None), torch.nn.Module):
+            continue
+        for name, child in module.named_children():
+            kind = f"{name} {type(child).__name__}".lower()
+            if name != "experts" and any(part in kind for part in ROUTER_NAME_PARTS):
+                routers.append(f"{prefix}.{name}" if prefix else name)
+    return routers
+
+
+def expert_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Fused expert weights (3-D parameters outside convolutions), as ``module.param`` suffixes."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.dim() >= 3:
+                names.add(f"{_leaf(prefix)}.{param_name}" if prefix else param_name)
+    return sorted(names)
+
+
+def _shortest_names(targets: list[str], excluded: list[str]) -> list[str]:
+    """Leaf names for ``targets`` where no excluded module shares the leaf, full names elsewhere."""
+    taken = {_leaf(name) for name in excluded}
+    return sorted({name if _leaf(name) in taken else _leaf(name) for name in targets})
+
+
+def linear_targets(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(module names, parameter names) that ``lora_target_linear`` adapts.
+
+    Every ``nn.Linear`` except the output head and MoE routers, and every fused expert weight.
+    """
+    excluded = [name for name in [output_head_name(model), *router_names(model)] if name]
+    linears = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not any(name == skip or name.startswith(f"{skip}.") for skip in excluded)
+    ]
+    return _shortest_names(linears, excluded), expert_parameter_names(model)
+
+
+def _known_names(model: torch.nn.Module, limit: int = 12) -> str:
+    """A few adaptable names of ``model`` (linear layers, fused expert weights, routers) for messages."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and _leaf(name) not in names:
+            names.append(_leaf(name))
+    names += [name for name in expert_parameter_names(model) if name not in names]
+    names += [_leaf(name) for name in router_names(model) if _leaf(name) not in names]
+    shown = ", ".join(names[:limit])
+    return shown + (", ..." if len(names) > limit else "")
+
+
+def _names_peft_maps(model: torch.nn.Module, names: set[str]) -> set[str]:
+    """The ``names`` that peft renames onto this model (transformers 4 MoE names on fused experts)."""
+    from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+
+    probe = LoraConfig(target_modules=set(names))
+    try:
+        convert_peft_config_for_transformers(probe, model, None)
+    except ValueError as exc:  # e.g. gate_proj without up_proj, which are fused into one weight
+        raise FtkError(f"lora_target_modules: {exc}") from exc
+    remaining = probe.target_modules if isinstance(probe.target_modules, set) else names
+    return names - set(remaining)
+
+
+def named_targets(model: torch.nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``lora_target_modules`` into peft's (target_modules, target_parameters).
+
+    A name matching a module is a module target; one matching only a fused expert weight is a
+    parameter target; one that peft maps (transformers 4 expert names) is passed on as it is.
+    Anything else is an error naming the key and a few names that exist.
+    """
+    module_keys = [name for name, _ in model.named_modules()]
+    expert_keys = [name for name, param in model.named_parameters() if param.dim() >= 3]
+    modules, parameters, unknown = [], [], set()
+    for name in names:
+        if any(_matches(key, name) for key in module_keys):
+            modules.append(name)
+        elif any(_matches(key, name) for key in expert_keys):
+            parameters.append(name)
+        else:
+            unknown.add(name)
+    if unknown:
+        mapped = _names_peft_maps(model, unknown)
+        modules += sorted(mapped)
+        unknown -= mapped
+    if unknown:
+        missing = ", ".join(repr(name) for name in sorted(unknown))
+        verb = "matches" if len(unknown) == 1 else "match"
+        raise FtkError(
+            f"lora_target_modules: {missing} {verb} no module of {type(model).__name__}; "
+            f"it has: {_known_names(model)}"
+        )
+    return modules, parameters
+
+
+# --- embeddings and new tokens ------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingPlan:
+    """How the embeddings take part: whole modules to train, and rows of new tokens to train."""
+
+    modules_to_save: list[str] = field(default_factory=list)
+    trainable_token_indices: dict[str, list[int]] = field(default_factory=dict)
+    tie_weights: bool = False
+    note: str | None = None
+
+
+def _check_modules_to_save(model: torch.nn.Module, names: list[str]) -> None:
+    keys = [name for name, _ in model.named_modules()]
+    missing = [name for name in names if not any(_matches(key, name) for key in keys)]
+    if missing:
+        verb = "matches" if len(missing) == 1 else "match"
+        children = ", ".join(
+            _leaf(name) for name, _ in model.named_modules() if name.count(".") <= 1 and name
+        )
+        raise FtkError(
+            f"lora_modules_to_save: {', '.join(map(repr, missing))} {verb} no module of "
+            f"{type(model).__name__}; it has: {children}"
+        )
+
+
+def embedding_plan(model: torch.nn.Module, modules_to_save: list[str] | None) -> EmbeddingPlan:
+    """Decide how new-token rows are trained, given the ``lora_modules_to_save`` the user listed."""
+    saved = list(modules_to_save or [])
+    _check_modules_to_save(model, saved)
+    embeddings = model.get_input_embeddings()
+    embed_name = next(name for name, module in model.named_modules() if module is embeddings)
+    head_name = output_head_name(model)
+    head = model.get_output_embeddings() if head_name else None
+    tied = head is not None and head.weight is embeddings.weight
+
+    def listed(name: str | None) -> bool:
+        return name is not None and any(_matches(name, wanted) for wanted in saved)
+
+    # Whole modules on a tied pair: peft must wrap both sides as one, or they drift apart.
+    plan = EmbeddingPlan(
+        modules_to_save=saved, tie_weights=tied and (listed(embed_name) or listed(head_name))
+    )
+    new_ids = list(added_token_ids(model))
+    if not new_ids:
+        return plan
+    ids = f"id {new_ids[0]}" if len(new_ids) == 1 else f"ids {new_ids[0]}..{new_ids[-1]}"
+    count = f"{len(new_ids)} new token{'s' if len(new_ids) > 1 else ''} ({ids})"
+    if listed(embed_name) or (tied and listed(head_name)):
+        plan.note = f"{count}: trained with the whole {embed_name} (lora_modules_to_save)"
+        return plan
+    plan.trainable_token_indices[embed_name] = new_ids
+    rows = f"only their rows of {embed_name}"
+    if tied:
+        rows += f" and of the tied {head_name}"
+    elif head_name and not listed(head_name):
+        plan.trainable_token_indices[head_name] = new_ids
+        rows += f" and of {head_name}"
+    plan.note = f"{count}: training {rows} (peft trainable_token_indices)"
+    return plan
+
+
+# --- the adapter --------------------------------------------------------------------------------
+
+
+def lora_config(cfg: FtkConfig, model: torch.nn.Module) -> LoraConfig:
+    """peft's LoraConfig for the ``lora_*`` and ``peft_*`` keys, resolved against ``model``."""
+    modules: list[str] = []
+    parameters: list[str] = []
     if cfg.lora_target_linear:
-        targets: Any = "all-linear"
-    else:
-        targets = cfg.lora_target_modules  # None lets peft choose per architecture
+        modules, parameters = linear_targets(model)
+    if cfg.lora_target_modules:
+        named_modules, named_parameters = named_targets(model, cfg.lora_target_modules)
+        modules = sorted(set(modules) | set(named_modules))
+        parameters = sorted(set(parameters) | set(named_parameters))
+    if parameters and cfg.peft_use_dora:
+        raise FtkError(
+            f"peft_use_dora: DoRA cannot adapt fused expert weights ({', '.join(parameters)}); "
+            "set lora_target_modules to the attention layers instead"
+        )
+    targeted = bool(cfg.lora_target_linear or cfg.lora_target_modules)
+    plan = embedding_plan(model, cfg.lora_modules_to_save)
+    if plan.note:
+        _say(f"lora: {plan.note}")
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
+        target_modules=modules if targeted else None,  # None lets peft choose per architecture
+        target_parameters=parameters or None,
+        modules_to_save=plan.modules_to_save or None,
+        trainable_token_indices=plan.trainable_token_indices or None,
+        ensure_weight_tying=plan.tie_weights,
+        use_dora=cfg.peft_use_dora,
+        use_rslora=cfg.peft_use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def _peft_error(exc: Exception, cfg: FtkConfig) -> FtkError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if cfg.peft_use_dora and "dora" in first_line.lower():
+        return FtkError(f"peft_use_dora: {first_line}")
+    if "target_modules" in first_line and not (cfg.lora_target_modules or cfg.lora_target_linear):
+        return FtkError(
+            f"lora_target_modules: peft has no default for this model ({first_line}); "
+            "set lora_target_modules or lora_target_linear: true"
+        )
+    return FtkError(f"lora_target_modules: {first_line}")
+
+
+def targeted_linears(model: torch.nn.Module, config: LoraConfig) -> set[str]:
+    """Full names of the ``nn.Linear`` layers that ``config.target_modules`` names (before peft)."""
+    targets = config.target_modules
+    if not targets or isinstance(targets, str):
+        return set()
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(_matches(name, target) for target in targets)
+    }
+
+
+def _report_unadapted(wanted: set[str], peft_model: Any) -> None:
+    """Warn about targeted linear layers that peft left without an adapter.
+
+    peft 0.21 rewrites transformers-4 MoE names (``gate_proj``, ``up_proj``, ``down_proj``) to the
+    fused expert weights for every layer, so on models that mix dense and MoE blocks (or have
+    shared experts) the dense projections of those names get no adapter.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    adapted = {
+        name.removeprefix(prefix) for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)
+    }
+    missed = sorted(wanted - adapted)
+    if missed:
+        shown = ", ".join(missed[:4]) + (", ..." if len(missed) > 4 else "")
+        _say(f"lora: warning: peft left {len(missed)} targeted linear layers without an adapter: {shown}")
 
 
 @hookimpl
@@ -34,11 +323,156 @@ def apply_adapter(cfg: FtkConfig, model: Any) -> Any:
         return model
     if cfg.adapter != "lora":
         return None
+    config = lora_config(cfg, model)
+    wanted = targeted_linears(model, config)
     try:
-        peft_model = get_peft_model(model, lora_config(cfg))
-    except ValueError as exc:  # e.g. target modules not found in the model
-        raise FtkError(f"lora_target_modules: {exc}") from exc
+        peft_model = get_peft_model(model, config)
+    except (ValueError, TypeError) as exc:  # e.g. a target module type peft cannot adapt
+        raise _peft_error(exc, cfg) from exc
+    _report_unadapted(wanted, peft_model)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    variant = " (DoRA)" if cfg.peft_use_dora else ""
+    variant += " (rsLoRA)" if cfg.peft_use_rslora else ""
+    _say(
+        f"lora{variant}: r={cfg.lora_r}, alpha={cfg.lora_alpha}; "
+        f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)"
+    )
     if cfg.gradient_checkpointing:
         # Frozen embeddings produce no grad; checkpointed blocks need inputs that require one.
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+# --- ftk merge-lora -----------------------------------------------------------------------------
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``merge-lora``'s arguments to its subparser."""
+    parser.add_argument("config", help="YAML config of the run that trained the adapter")
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="adapter directory (default: the config's output_dir)"
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help=f"where to write the merged model (default: <output_dir>/{MERGED_DIR_NAME})",
+    )
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it is not empty")
+
+
+def _check_output(output: Path, adapter: Path, force: bool) -> None:
+    """Refuse an output that is the adapter, a file, or a non-empty directory (without ``--force``)."""
+    if output.resolve() == adapter.resolve() or adapter.resolve().is_relative_to(output.resolve()):
+        raise FtkError(f"--output: {output} would replace the adapter directory {adapter}; choose another")
+    if output.exists() and not output.is_dir():
+        raise FtkError(f"--output: {output} exists and is not a directory")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not force:
+        raise FtkError(f"--output: {output} is not empty (pass --force to replace it)")
+    if not (output / "config.json").is_file():
+        raise FtkError(
+            f"--output: {output} is not empty and holds no config.json: refusing to replace it even "
+            "with --force; choose another directory"
+        )
+
+
+def _load_tokenizer(cfg: FtkConfig, hooks: Any, adapter: Path) -> Any:
+    """The tokenizer saved with the adapter (its added tokens match the adapter), else the config's."""
+    if (adapter / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(adapter, trust_remote_code=cfg.trust_remote_code)
+    from ftk.core.model import load_tokenizer
+
+    return load_tokenizer(cfg, hooks)
+
+
+def _load_base_model(cfg: FtkConfig, hooks: Any, tokenizer: Any) -> Any:
+    """The base model through the model-loading hooks, without the adapter hook."""
+    hooks.pre_model_load(cfg=cfg)
+    model = hooks.load_model(cfg=cfg, tokenizer=tokenizer)
+    if model is None:
+        raise FtkError(f"base_model: no plugin could load the model {cfg.base_model!r}")
+    hooks.post_model_load(cfg=cfg, model=model, tokenizer=tokenizer)
+    return model
+
+
+def _ordinary_permissions(directory: Path) -> None:
+    """Let the umask decide the directory's permissions (mkdtemp makes it private to the user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+
+
+def _replace_directory(staging: Path, output: Path) -> None:
+    """Move the complete ``staging`` directory to ``output``, replacing what is there."""
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+    if not output.exists():
+        os.replace(staging, output)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    os.replace(output, old / output.name)
+    try:
+        os.replace(staging, output)
+    except OSError:
+        os.replace(old / output.name, output)  # put the previous contents back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: bool = False) -> Path:
+    """Merge the LoRA adapter in ``adapter`` into the base model of ``cfg`` and save it to ``output``.
+
+    The result (safetensors weights, config, tokenizer) loads with plain
+    ``AutoModelForCausalLM.from_pretrained(output)``.  It is written to a temporary sibling
+    directory and renamed when complete, so ``output`` never holds a partial model.
+    """
+    from peft import PeftModel
+
+    if not (adapter / ADAPTER_CONFIG_NAME).is_file():
+        raise FtkError(
+            f"--adapter: {adapter} has no {ADAPTER_CONFIG_NAME} (not a LoRA adapter; "
+            "was the run trained with adapter: lora?)"
+        )
+    _check_output(output, adapter, force)
+    tokenizer = _load_tokenizer(cfg, hooks, adapter)
+    base = _load_base_model(cfg, hooks, tokenizer)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    merged.config.use_cache = True  # the merged model is for inference
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _ordinary_permissions(staging)
+        _check_output(output, adapter, force)  # again: something may have appeared meanwhile
+        _replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    """Run ``ftk merge-lora`` as ``args`` says and print where the model went."""
+    from ftk.core.config.loader import load_config
+
+    cfg, manager = load_config(args.config)
+    adapter = Path(args.adapter or cfg.output_dir)
+    output = Path(args.output) if args.output else Path(cfg.output_dir) / MERGED_DIR_NAME
+    merge_lora(cfg, manager.hook, adapter, output, force=args.force)
+    Console().print(f"merged {adapter} into {cfg.base_model}: {output}", markup=False, highlight=False)
+    return 0
+
+
+@hookimpl
+def register_commands(register: CommandRegistrar) -> None:
+    """Contribute the ``merge-lora`` command."""
+    register(
+        name="merge-lora",
+        help="Merge a trained LoRA adapter into its base model and save the full model.",
+        add_arguments=_merge_arguments,
+        run=_run_merge,
+    )

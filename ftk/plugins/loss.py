@@ -4,17 +4,28 @@ Logits are computed only at positions whose next token is trained (transformers'
 ``logits_to_keep`` with a boolean mask), so the output head and the softmax over a large
 vocabulary cost nothing for prompt and padding positions.  The result is exactly the loss over
 full logits.
+
+Mixture-of-experts models also get their router load-balancing loss in training (not in
+evaluation): ``coef * aux_loss`` with ``coef`` from ``router_aux_loss_coef`` (default: the model's
+own), scaled so that one optimizer step adds ``coef`` times the mean aux loss of its micro-batches,
+and reported as the ``router_aux_loss`` metric.
 """
 
 from __future__ import annotations
 
 import inspect
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ftk.core.config.schema import FtkConfig
+    from ftk.core.step_metrics import StepMetrics
 
 IGNORE_INDEX = -100
 
@@ -64,18 +75,78 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
-@hookimpl
+def has_router(model_config: Any) -> bool:
+    """Whether a model config describes a mixture-of-experts model that can return a router loss."""
+    return hasattr(model_config, "output_router_logits") and hasattr(model_config, "router_aux_loss_coef")
+
+
+def router_aux_loss_coef(cfg: FtkConfig | None, model_config: Any) -> float:
+    """Weight of the router loss: ``router_aux_loss_coef`` if set, else the model's own (0 without a router)."""
+    if not has_router(model_config):
+        return 0.0
+    if cfg is not None and cfg.router_aux_loss_coef is not None:
+        return float(cfg.router_aux_loss_coef)
+    return float(model_config.router_aux_loss_coef or 0.0)
+
+
+def _micro_batches_per_step(cfg: FtkConfig | None) -> int:
+    """Micro-batches whose losses are summed into one optimizer step, over every process."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    return (cfg.gradient_accumulation_steps if cfg is not None else 1) * world
+
+
 def compute_loss(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+    cfg: FtkConfig | None = None,
+    metrics: StepMetrics | None = None,
 ) -> torch.Tensor:
-    """Forward the micro-batch and return its token-mean cross-entropy share of the step's loss."""
+    """Forward the micro-batch and return its share of the step's loss (the default loss).
+
+    That is the token-mean cross-entropy, plus in training the router loss of a mixture-of-experts
+    model (also reported to ``metrics``).  Without ``cfg`` the router loss uses the model's own
+    coefficient and counts one micro-batch per optimizer step.
+    """
     labels = inputs["labels"]
     features = {key: value for key, value in inputs.items() if key != "labels"}
+    config = _causal_lm(model).config
+    aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
+    if has_router(config):
+        features["output_router_logits"] = aux_coef > 0
     if labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
         keep = trained_position_mask(labels)
         outputs = model(**features, logits_to_keep=keep, use_cache=False)
         targets = labels[:, 1:][keep[:, :-1]]
         logits = outputs.logits.reshape(-1, outputs.logits.size(-1))
-        return _normalise(_summed_cross_entropy(logits, targets), targets, num_items_in_batch)
-    outputs = model(**features, use_cache=False)
-    return causal_lm_loss(outputs.logits, labels, num_items_in_batch)
+        loss = _normalise(_summed_cross_entropy(logits, targets), targets, num_items_in_batch)
+    else:
+        outputs = model(**features, use_cache=False)
+        loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
+    if aux_coef > 0:
+        aux = getattr(outputs, "aux_loss", None)
+        if aux is None:
+            raise FtkError(f"router_aux_loss_coef: {config.model_type!r} returned no router loss (aux_loss)")
+        aux = aux.to(loss.device)
+        if metrics is not None:
+            metrics.add("router_aux_loss", aux)
+        # The cross-entropy is already a share of the whole step (num_items_in_batch); the router
+        # loss is a per-micro-batch mean, so each micro-batch adds its share of coef * mean.
+        loss = loss + aux_coef * aux / _micro_batches_per_step(cfg)
+    return loss
+
+
+@hookimpl(specname="compute_loss")
+def compute_loss_hook(
+    cfg: FtkConfig,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+    metrics: StepMetrics,
+) -> torch.Tensor:
+    """The ``compute_loss`` hook: :func:`compute_loss` with the run's config and step metrics.
+
+    (pluggy passes only parameters without defaults, so the hook takes every argument it needs.)
+    """
+    return compute_loss(model, inputs, num_items_in_batch, cfg=cfg, metrics=metrics)
