@@ -128,8 +128,8 @@ def test_added_tokens_are_recorded_and_the_resize_is_reproducible(tokens_cfg, to
     assert hf_model.added_token_ids(tokenizer) == new_ids
     assert tokenizer.convert_tokens_to_ids("<|new_a|>") == TINY_VOCAB
 
-    first = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer)
-    second = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer)
+    first = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer, load_kwargs={})
+    second = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer, load_kwargs={})
     assert hf_model.added_token_ids(first) == new_ids
     weights = first.get_input_embeddings().weight
     assert weights.shape == (TINY_ROWS + 64, 64)
@@ -140,7 +140,7 @@ def test_added_tokens_are_recorded_and_the_resize_is_reproducible(tokens_cfg, to
 
 
 def test_new_tokens_train_only_their_rows_even_when_nothing_is_listed(tokens_cfg, tokenizer_with_new_tokens):
-    model = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer_with_new_tokens)
+    model = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer_with_new_tokens, load_kwargs={})
     peft_model = apply_adapter(cfg=tokens_cfg, model=model)
     rows = [p for name, p in peft_model.named_parameters() if "trainable_tokens_delta" in name]
     assert len(rows) == 1 and rows[0].shape == (36, 64) and rows[0].requires_grad
@@ -160,7 +160,7 @@ def test_new_tokens_train_only_their_rows_even_when_nothing_is_listed(tokens_cfg
 
 def test_listing_embed_tokens_trains_the_whole_tied_embedding(tokens_cfg, tokenizer_with_new_tokens):
     cfg = tokens_cfg.model_copy(update={"lora_modules_to_save": ["embed_tokens"]})
-    model = hf_model.load_model(cfg=cfg, tokenizer=tokenizer_with_new_tokens)
+    model = hf_model.load_model(cfg=cfg, tokenizer=tokenizer_with_new_tokens, load_kwargs={})
     peft_model = apply_adapter(cfg=cfg, model=model)
     assert not peft_model.peft_config["default"].trainable_token_indices
     inner = peft_model.base_model.model
@@ -227,7 +227,9 @@ def test_lora_run_trains_new_token_rows_and_the_adapter_reloads_on_a_resized_bas
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == TINY_VOCAB + 36 and tokenizer.convert_tokens_to_ids("<|new_a|>") == TINY_VOCAB
-    base = hf_model.load_model(cfg=cfg, tokenizer=tokenizer)  # resized the same way as for training
+    base = hf_model.load_model(
+        cfg=cfg, tokenizer=tokenizer, load_kwargs={}
+    )  # resized the same way as for training
     all_ids = torch.arange(TINY_ROWS + 64)
     with torch.no_grad():
         after = trained.get_input_embeddings()(all_ids)

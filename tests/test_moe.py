@@ -214,11 +214,20 @@ def test_coefficient_zero_turns_the_router_loss_off(moe_dir, batch):
 
 def test_model_loading_turns_router_logits_on_for_moe_only(moe_dir, tiny_model_dir, tokenizer):
     assert load(moe_dir).config.output_router_logits is False  # the model's own default
-    assert hf_model.load_model(cfg=make_cfg(moe_dir), tokenizer=tokenizer).config.output_router_logits is True
-    off = hf_model.load_model(cfg=make_cfg(moe_dir, router_aux_loss_coef=0.0), tokenizer=tokenizer)
+    assert (
+        hf_model.load_model(
+            cfg=make_cfg(moe_dir), tokenizer=tokenizer, load_kwargs={}
+        ).config.output_router_logits
+        is True
+    )
+    off = hf_model.load_model(
+        cfg=make_cfg(moe_dir, router_aux_loss_coef=0.0), tokenizer=tokenizer, load_kwargs={}
+    )
     assert off.config.output_router_logits is False
     with pytest.raises(FtkError, match=r"^router_aux_loss_coef: 'qwen3' models have no router"):
-        hf_model.load_model(cfg=make_cfg(tiny_model_dir, router_aux_loss_coef=0.01), tokenizer=tokenizer)
+        hf_model.load_model(
+            cfg=make_cfg(tiny_model_dir, router_aux_loss_coef=0.01), tokenizer=tokenizer, load_kwargs={}
+        )
 
 
 @pytest.mark.slow

@@ -75,8 +75,10 @@ def model_load_kwargs(cfg: FtkConfig) -> dict[str, Any]:
 
 
 @hookspec(firstresult=True)
-def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel | None:
-    """Load the base model for ``cfg``; the first non-None result is used."""
+def load_model(
+    cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase, load_kwargs: dict[str, Any]
+) -> PreTrainedModel | None:
+    """Load the base model for ``cfg`` (passing on ``load_kwargs``, from model_load_kwargs); first non-None wins."""
 
 
 @hookspec

@@ -100,11 +100,15 @@ def enable_router_loss(cfg: FtkConfig, model: Any) -> None:
 
 
 @hookimpl
-def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """Load ``base_model`` with AutoModelForCausalLM and grow its embeddings for added tokens."""
+def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase, load_kwargs: dict[str, Any]) -> Any:
+    """Load ``base_model`` with AutoModelForCausalLM and grow its embeddings for added tokens.
+
+    ``load_kwargs`` (e.g. a quantization plugin's ``quantization_config``) go to ``from_pretrained``.
+    """
     kwargs: dict[str, Any] = {"dtype": model_dtype(cfg), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    kwargs.update(load_kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
     except (OSError, ValueError) as exc:

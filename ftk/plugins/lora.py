@@ -388,16 +388,6 @@ def _load_tokenizer(cfg: FtkConfig, hooks: Any, adapter: Path) -> Any:
     return load_tokenizer(cfg, hooks)
 
 
-def _load_base_model(cfg: FtkConfig, hooks: Any, tokenizer: Any) -> Any:
-    """The base model through the model-loading hooks, without the adapter hook."""
-    hooks.pre_model_load(cfg=cfg)
-    model = hooks.load_model(cfg=cfg, tokenizer=tokenizer)
-    if model is None:
-        raise FtkError(f"base_model: no plugin could load the model {cfg.base_model!r}")
-    hooks.post_model_load(cfg=cfg, model=model, tokenizer=tokenizer)
-    return model
-
-
 def _ordinary_permissions(directory: Path) -> None:
     """Let the umask decide the directory's permissions (mkdtemp makes it private to the user)."""
     umask = os.umask(0)
@@ -432,6 +422,8 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
     """
     from peft import PeftModel
 
+    from ftk.core.model import load_base_model
+
     if not (adapter / ADAPTER_CONFIG_NAME).is_file():
         raise FtkError(
             f"--adapter: {adapter} has no {ADAPTER_CONFIG_NAME} (not a LoRA adapter; "
@@ -439,7 +431,7 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
         )
     _check_output(output, adapter, force)
     tokenizer = _load_tokenizer(cfg, hooks, adapter)
-    base = _load_base_model(cfg, hooks, tokenizer)
+    base = load_base_model(cfg, hooks, tokenizer)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.config.use_cache = True  # the merged model is for inference
     output.parent.mkdir(parents=True, exist_ok=True)
