@@ -41,6 +41,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "run_report",
     "advisor",
     "profiling",
+    "deepspeed",
+    "fsdp",
     "tiny_model",
 )
 

@@ -176,6 +176,9 @@ class FtkTrainer(Trainer):
             best = run_dir / checkpoints.checkpoint_name(self.state.best_global_step)
             if self.state.best_global_step == step or best.is_dir():
                 self.state.best_model_checkpoint = str(best)
+        distributed = self.args.world_size > 1 and torch.distributed.is_initialized()
+        if distributed:  # every rank has written its part (e.g. its RNG state) before the rename
+            torch.distributed.barrier()
         if self.args.should_save:
             self.state.save_to_json(str(staging / name / checkpoints.TRAINER_STATE_FILE))
             checkpoints.publish(staging / name, run_dir / name)
@@ -185,7 +188,7 @@ class FtkTrainer(Trainer):
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=False,
             )
-        if self.args.world_size > 1 and torch.distributed.is_initialized():
+        if distributed:
             torch.distributed.barrier()
 
     def _packed_dataloader(self, dataset: Any, shuffle: bool) -> DataLoader:
