@@ -3,7 +3,8 @@
 Logits are computed only at positions whose next token is trained (transformers'
 ``logits_to_keep`` with a boolean mask), so the output head and the softmax over a large
 vocabulary cost nothing for prompt and padding positions.  The result is exactly the loss over
-full logits.
+full logits.  With ``chunked_cross_entropy`` even those logits are never held at once
+(``ftk.plugins.chunked_cross_entropy``).
 
 Mixture-of-experts models also get their router load-balancing loss in training (not in
 evaluation): ``coef * aux_loss`` with ``coef`` from ``router_aux_loss_coef`` (default: the model's
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+from ftk.plugins.chunked_cross_entropy import chunked_summed_cross_entropy
 
 if TYPE_CHECKING:
     from ftk.core.config.schema import FtkConfig
@@ -115,7 +117,21 @@ def compute_loss(
     aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
     if has_router(config):
         features["output_router_logits"] = aux_coef > 0
-    if labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
+    chunked = cfg is not None and cfg.chunked_cross_entropy
+    if chunked and labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
+        # The decoder runs as usual (through any DDP/peft wrapper); the head is applied chunk by chunk.
+        keep = trained_position_mask(labels)
+        outputs = model(**features, logits_to_keep=1, output_hidden_states=True, use_cache=False)
+        targets = labels[:, 1:][keep[:, :-1]]
+        total = chunked_summed_cross_entropy(
+            outputs.hidden_states[-1][keep],
+            targets,
+            _causal_lm(model).get_output_embeddings(),
+            cfg.chunked_cross_entropy_num_chunks,
+            softcap=getattr(config, "final_logit_softcapping", None),
+        )
+        loss = _normalise(total, targets, num_items_in_batch)
+    elif labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
         keep = trained_position_mask(labels)
         outputs = model(**features, logits_to_keep=keep, use_cache=False)
         targets = labels[:, 1:][keep[:, :-1]]

@@ -162,6 +162,14 @@ class FtkConfig(StrictModel):
     fp16: bool = Field(False, description="Train in float16 mixed precision.")
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere or newer GPUs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    chunked_cross_entropy: bool = Field(
+        False,
+        description="Compute the loss over the vocabulary chunk by chunk, never holding all logits "
+        "(less memory with large vocabularies, a little more compute).",
+    )
+    chunked_cross_entropy_num_chunks: int = Field(
+        8, gt=0, description="Chunks the trained positions of a micro-batch are split into."
+    )
 
     # --- output, eval, logging ---
     output_dir: str = Field("./outputs/ftk-run", description="Where adapters, checkpoints, metrics go.")
