@@ -18,7 +18,7 @@ from ftk import __version__
 from ftk.core.errors import FtkError
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 
-CONFIG_COMMANDS = ("train", "preprocess", "validate")
+CONFIG_COMMANDS = ("train", "preprocess", "validate", "eval", "generate")
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,13 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
         "Any top-level config key can be overridden: --learning_rate 3e-4 --max_steps 10 "
         "(values are read as YAML, validated like the file)."
     )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
@@ -42,6 +49,13 @@ def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", parents=[common], help="fine-tune a model as a config says")
     _add_config_argument(train)
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (one per GPU; gloo DDP on CPU)",
+    )
 
     preprocess = commands.add_parser(
         "preprocess", parents=[common], help="tokenize, mask and cache the datasets of a config"
@@ -63,6 +77,50 @@ def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
         "validate", parents=[common], help="check a config and print it with defaults filled in"
     )
     _add_config_argument(validate)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[common], help="eval loss and perplexity of a model on the config's eval set"
+    )
+    _add_config_argument(evaluate)
+    evaluate.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="evaluate this peft adapter on base_model, or this full model directory (default: the base model)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    evaluate.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="examples per forward pass (default: eval_batch_size, else micro_batch_size)",
+    )
+
+    generate = commands.add_parser(
+        "generate",
+        parents=[common],
+        help="generate a reply to a prompt with the trained model",
+        description="Print a model's reply to PROMPT (or to stdin). Greedy unless --temperature is above 0.",
+    )
+    _add_config_argument(generate)
+    generate.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; absent or '-': read stdin")
+    source = generate.add_mutually_exclusive_group()
+    source.add_argument(
+        "--adapter", metavar="DIR", help="this peft adapter on base_model (default: output_dir)"
+    )
+    source.add_argument("--model", metavar="DIR", help="this full or merged model directory")
+    source.add_argument("--base", action="store_true", help="the base model, untrained")
+    generate.add_argument(
+        "--max-new-tokens", type=_positive_int, metavar="N", help="most tokens to generate (default 256)"
+    )
+    generate.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0 (default): greedy; above 0: sample"
+    )
+    generate.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling share, when sampling")
+    generate.add_argument("--system", metavar="TEXT", help="system message before the prompt")
+    generate.add_argument("--raw", action="store_true", help="no chat template: a plain completion of PROMPT")
+    generate.add_argument(
+        "--seed", type=int, metavar="S", help="seed for sampling (default: the config's seed)"
+    )
 
     plugins = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their hooks")
     plugins.add_argument("config", nargs="?", help="also load the plugins this config names")
@@ -127,14 +185,53 @@ def _run(args: argparse.Namespace, overrides: list[str], manager: FtkPluginManag
             use_cache=not args.no_cache,
         )
         return 0
-    from ftk.core.train import run_training, summary_rows
+    if args.command == "eval":
+        from ftk.core.eval_command import result_json, result_line, run_eval
 
-    result = run_training(cfg, manager)
-    table = Table(title="training finished", show_header=False)
-    for label, value in summary_rows(result):
-        table.add_row(label, str(value))
-    console.print(table)
+        result = run_eval(cfg, manager, adapter=args.adapter, batch_size=args.batch_size)
+        if args.json:
+            print(result_json(result))
+        else:
+            console.print(result_line(result), highlight=False)
+        return 0
+    if args.command == "generate":
+        from ftk.generate import DEFAULT_MAX_NEW_TOKENS, GenerateOptions, read_prompt, run_generate
+
+        options = GenerateOptions(
+            max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            system=args.system,
+            raw=args.raw,
+            seed=args.seed,
+        )
+        prompt = read_prompt(args.prompt, sys.stdin)
+        run_generate(
+            cfg, manager, prompt, options, adapter=args.adapter, model_dir=args.model, base=args.base
+        )
+        return 0
+    from ftk.core.train import run_training
+
+    if args.nproc_per_node > 1:
+        from ftk.core.launch import launch
+
+        return launch(args.nproc_per_node, _without_nproc(args.argv))
+    run_training(cfg, manager)  # prints progress and the summary on stderr; a stop by signal ends with 0
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line minus ``--nproc-per-node N`` (the launched processes train as one each)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            kept.append(arg)
+    return kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manager = create_plugin_manager()
         parser = build_parser(manager)
         args, overrides = parser.parse_known_args(argv)
+        args.argv = argv
         if overrides and args.command not in CONFIG_COMMANDS and args.command != "plugins":
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         return _run(args, overrides, manager, console)

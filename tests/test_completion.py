@@ -25,7 +25,7 @@ def test_bash_completion_of_commands_and_options(capsys):
     script = capsys.readouterr().out
     assert complete(script, "ftk", "pre") == ["preprocess"]
     assert sorted(complete(script, "ftk", "")) == sorted(
-        ["completion", "plugins", "preprocess", "tiny-model", "train", "validate", "--help", "-h",
+        ["completion", "eval", "generate", "merge-lora", "plugins", "preprocess", "tiny-model", "train", "validate", "--help", "-h",
          "--verbose", "-v", "--version"]
     )  # fmt: skip
     assert complete(script, "ftk", "preprocess", "cfg.yaml", "--debug-n") == ["--debug-num-examples"]

@@ -33,7 +33,11 @@ class EvalResult:
 
     def as_metrics(self, prefix: str = "eval_") -> dict[str, float]:
         """The result as Trainer-style metrics: ``eval_loss``, ``eval_perplexity``, ``eval_tokens``."""
-        return {f"{prefix}loss": self.loss, f"{prefix}perplexity": self.perplexity, f"{prefix}tokens": self.tokens}
+        return {
+            f"{prefix}loss": self.loss,
+            f"{prefix}perplexity": self.perplexity,
+            f"{prefix}tokens": self.tokens,
+        }
 
 
 def perplexity(loss: float) -> float:
@@ -65,7 +69,9 @@ def eval_dataloader(
             shuffle=False,
         )
         return DataLoader(
-            PackedDataset(dataset), batch_sampler=sampler, collate_fn=PackingCollator(pad_token_id=pad_token_id)
+            PackedDataset(dataset),
+            batch_sampler=sampler,
+            collate_fn=PackingCollator(pad_token_id=pad_token_id),
         )
     if world_size > 1:
         indices = list(range(rank, len(dataset), world_size))
@@ -114,14 +120,18 @@ def evaluate_loss(
     return EvalResult(loss=loss, perplexity=perplexity(loss), tokens=int(tokens))
 
 
-def hook_summed_loss(cfg: FtkConfig, hooks: Any) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+def hook_summed_loss(
+    cfg: FtkConfig, hooks: Any
+) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
     """A ``summed_loss`` for :func:`evaluate_loss` that asks the ``compute_loss`` hook.
 
     The hook divides by ``num_items_in_batch``; passing 1 makes it return the batch's sum.
     """
 
     def summed(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = hooks.compute_loss(cfg=cfg, model=model, inputs=batch, num_items_in_batch=1, metrics=StepMetrics())
+        loss = hooks.compute_loss(
+            cfg=cfg, model=model, inputs=batch, num_items_in_batch=1, metrics=StepMetrics()
+        )
         if loss is None:
             raise FtkError("no plugin computed the loss (every compute_loss hook returned None)")
         return loss

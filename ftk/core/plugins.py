@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "run_report",
     "advisor",
     "profiling",
+    "quantization",
     "deepspeed",
     "fsdp",
     "tiny_model",

@@ -292,7 +292,7 @@ RULES: tuple[Rule, ...] = (
         "lora_lr_low",
         "before",
         "LoRA learning rate too low",
-        lambda f: f.adapter == "lora" and f.learning_rate < LORA_LR[0],
+        lambda f: f.adapter in ("lora", "qlora") and f.learning_rate < LORA_LR[0],
         lambda f: (
             f"learning_rate {lr_text(f.learning_rate)} is below the LoRA range "
             f"{lr_text(LORA_LR[0])} to {lr_text(LORA_LR[1])}: the adapter will barely move"
@@ -303,7 +303,7 @@ RULES: tuple[Rule, ...] = (
         "lora_lr_high",
         "before",
         "LoRA learning rate too high",
-        lambda f: f.adapter == "lora" and not f.small_model and f.learning_rate > LORA_LR[1],
+        lambda f: f.adapter in ("lora", "qlora") and not f.small_model and f.learning_rate > LORA_LR[1],
         lambda f: (
             f"learning_rate {lr_text(f.learning_rate)} is above the LoRA range "
             f"{lr_text(LORA_LR[0])} to {lr_text(LORA_LR[1])} for a {f.params_text}-parameter model"
@@ -358,7 +358,7 @@ RULES: tuple[Rule, ...] = (
         "lora_alpha_ratio",
         "before",
         "LoRA scale out of range",
-        lambda f: f.adapter == "lora" and not LORA_SCALE[0] <= f.lora_scale <= LORA_SCALE[1],
+        lambda f: f.adapter in ("lora", "qlora") and not LORA_SCALE[0] <= f.lora_scale <= LORA_SCALE[1],
         lambda f: (
             f"lora_alpha {f.lora_alpha} with lora_r {f.lora_r} gives a LoRA scale of {f.lora_scale:.3g} "
             f"({'rsLoRA: alpha / sqrt(r)' if f.rslora else 'alpha / r'}; recommended "

@@ -37,6 +37,7 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
 from ftk.plugins.hf_model import added_token_ids
+from ftk.plugins.quantization import unquantized
 
 if TYPE_CHECKING:
     from ftk.core.registry import CommandRegistrar
@@ -321,7 +322,7 @@ def apply_adapter(cfg: FtkConfig, model: Any) -> Any:
     """Wrap the model with LoRA when ``adapter: lora``; leave it whole for full fine-tuning."""
     if cfg.adapter is None:
         return model
-    if cfg.adapter != "lora":
+    if cfg.adapter not in ("lora", "qlora"):  # qlora: LoRA on a 4-bit base (the quantization plugin)
         return None
     config = lora_config(cfg, model)
     wanted = targeted_linears(model, config)
@@ -430,6 +431,7 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
             "was the run trained with adapter: lora?)"
         )
     _check_output(output, adapter, force)
+    cfg = unquantized(cfg)  # merge into full-precision weights, not into a quantized copy of them
     tokenizer = _load_tokenizer(cfg, hooks, adapter)
     base = load_base_model(cfg, hooks, tokenizer)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()

@@ -80,7 +80,10 @@ class FtkConfig(StrictModel):
     )
 
     # --- adapter ---
-    adapter: Literal["lora"] | None = Field(None, description="Adapter to train; None: full fine-tuning.")
+    adapter: Literal["lora", "qlora"] | None = Field(
+        None,
+        description="Adapter to train (qlora: LoRA on a 4-bit base, with load_in_4bit); None: full fine-tuning.",
+    )
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -192,7 +195,9 @@ class FtkConfig(StrictModel):
         default_factory=list, description="Experiment trackers that also receive the metrics."
     )
     use_tensorboard: bool = Field(False, description="Same as listing tensorboard in report_to.")
-    wandb_project: str | None = Field(None, description="Weights & Biases project; setting it turns wandb on.")
+    wandb_project: str | None = Field(
+        None, description="Weights & Biases project; setting it turns wandb on."
+    )
     wandb_entity: str | None = Field(None, description="Weights & Biases entity (user or team).")
     wandb_name: str | None = Field(None, description="Weights & Biases run name.")
     wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
@@ -216,13 +221,22 @@ class FtkConfig(StrictModel):
             problems.append(
                 (("load_best_model_at_end",), "needs eval_steps and save_steps (checkpoints to choose from)")
             )
-        if self.load_best_model_at_end and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
-            problems.append((("save_steps",), "must be a multiple of eval_steps when load_best_model_at_end is on"))
+        if (
+            self.load_best_model_at_end
+            and self.save_steps
+            and self.eval_steps
+            and self.save_steps % self.eval_steps
+        ):
+            problems.append(
+                (("save_steps",), "must be a multiple of eval_steps when load_best_model_at_end is on")
+            )
         if self.lora_modules_to_save and self.adapter is None:
-            problems.append((("lora_modules_to_save",), "needs an adapter (full fine-tuning trains everything)"))
+            problems.append(
+                (("lora_modules_to_save",), "needs an adapter (full fine-tuning trains everything)")
+            )
         if (self.peft_use_dora or self.peft_use_rslora) and self.adapter is None:
             key = "peft_use_dora" if self.peft_use_dora else "peft_use_rslora"
-            problems.append(((key,), "needs adapter: lora"))
+            problems.append(((key,), "needs adapter: lora (or qlora)"))
         if self.test_datasets and self.val_set_size:
             problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
         return problems

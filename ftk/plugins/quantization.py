@@ -1,0 +1,349 @@
+"""Quantized base models: bitsandbytes 4-bit (QLoRA) and 8-bit with axolotl's keys, torchao in ``quantization:``.
+
+Config::
+
+    adapter: qlora                     # LoRA on a 4-bit base (adapter: lora does the same)
+    load_in_4bit: true                 # bitsandbytes
+    bnb_4bit_quant_type: nf4           # nf4 (default) or fp4
+    bnb_4bit_use_double_quant: true    # default true
+    bnb_4bit_compute_dtype: bfloat16   # default: bfloat16 with bf16, float16 with fp16, else float32
+    bnb_4bit_quant_storage: bfloat16   # default uint8; the model's dtype for FSDP or ZeRO-3
+
+    adapter: lora
+    load_in_8bit: true                 # bitsandbytes LLM.int8
+
+    adapter: lora
+    quantization:
+      backend: torchao
+      method: int8_weight_only         # or float8_weight_only, float8_dynamic_activation_float8_weight
+
+Quantized weights are frozen, so a quantized base needs an adapter.  When the config is loaded
+the plugin checks that the keys fit together and with the adapter (``config_problems``); before
+the model is loaded, that this machine can do what they ask: library installed and recent enough,
+hardware able to run the method (``pre_model_load``).  It contributes ``quantization_config`` to
+``from_pretrained`` (``model_load_kwargs``).  After loading (``post_model_load``) it checks that
+the weights really are quantized and prepares a bitsandbytes base with peft's
+``prepare_model_for_kbit_training``: every weight frozen, the unquantized ones (embeddings, norms,
+output head) cast to float32 for stable updates; the adapter plugin then adds the trainable LoRA
+weights.  bitsandbytes and torchao are imported only when used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Literal
+
+from packaging.version import Version
+from pydantic import Field, RootModel
+from rich.console import Console
+from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, TORCHAO_MIN_VERSION
+
+from ftk.core.config.schema import FtkConfig, StrictModel
+from ftk.core.errors import FtkError
+from ftk.core.hookspecs import hookimpl
+from ftk.integrations import bnb, torchao
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from ftk.core.registry import SectionRegistrar
+
+SECTION = "quantization"
+BNB_INSTALL = "pip install 'ftk[bnb]'"
+TORCHAO_INSTALL = f"pip install 'torchao>={TORCHAO_MIN_VERSION}'"
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+class LoadIn4bit(RootModel[bool]):
+    """Top-level key ``load_in_4bit``."""
+
+    root: bool = Field(
+        description="bitsandbytes: load the linear layers in 4 bits (QLoRA: with adapter: qlora)."
+    )
+
+
+class LoadIn8bit(RootModel[bool]):
+    """Top-level key ``load_in_8bit``."""
+
+    root: bool = Field(
+        description="bitsandbytes: load the linear layers in 8 bits, LLM.int8 (with adapter: lora)."
+    )
+
+
+class Bnb4bitQuantType(RootModel[Literal["nf4", "fp4"]]):
+    """Top-level key ``bnb_4bit_quant_type``."""
+
+    root: Literal["nf4", "fp4"] = Field(
+        description="4-bit data type: nf4 (normal float, suits normally distributed weights; the default) or fp4."
+    )
+
+
+class Bnb4bitUseDoubleQuant(RootModel[bool]):
+    """Top-level key ``bnb_4bit_use_double_quant``."""
+
+    root: bool = Field(
+        description="Quantize the 4-bit scales too, saving about 0.4 bit per weight (default true)."
+    )
+
+
+class Bnb4bitComputeDtype(RootModel[Literal["float32", "bfloat16", "float16"]]):
+    """Top-level key ``bnb_4bit_compute_dtype``."""
+
+    root: Literal["float32", "bfloat16", "float16"] = Field(
+        description="dtype of the 4-bit matmuls (default: bfloat16 with bf16, float16 with fp16, else float32)."
+    )
+
+
+class Bnb4bitQuantStorage(RootModel[Literal["uint8", "int8", "bfloat16", "float16", "float32"]]):
+    """Top-level key ``bnb_4bit_quant_storage``."""
+
+    root: Literal["uint8", "int8", "bfloat16", "float16", "float32"] = Field(
+        description="dtype the packed 4-bit weights are stored as (default uint8). FSDP and ZeRO-3 shard "
+        "one dtype: set it to the model's (bfloat16 with bf16)."
+    )
+
+
+class QuantizationConfig(StrictModel):
+    """The ``quantization:`` section: quantize the base model with torchao."""
+
+    backend: Literal["torchao"] = Field(
+        "torchao", description="Library that quantizes (bitsandbytes: load_in_4bit/8bit)."
+    )
+    method: Literal["int8_weight_only", "float8_weight_only", "float8_dynamic_activation_float8_weight"] = (
+        Field(
+            description="torchao method: int8 or float8 weights (CPU too), or float8 weights and activations "
+            "(CUDA compute capability 8.9 or newer)."
+        )
+    )
+
+
+#: Top-level keys and their models; each is optional (absent: None).
+BNB_KEYS: dict[str, type[RootModel]] = {
+    "load_in_4bit": LoadIn4bit,
+    "load_in_8bit": LoadIn8bit,
+    "bnb_4bit_quant_type": Bnb4bitQuantType,
+    "bnb_4bit_use_double_quant": Bnb4bitUseDoubleQuant,
+    "bnb_4bit_compute_dtype": Bnb4bitComputeDtype,
+    "bnb_4bit_quant_storage": Bnb4bitQuantStorage,
+}
+BNB_4BIT_KEYS = tuple(key for key in BNB_KEYS if key.startswith("bnb_4bit_"))
+
+
+def value(cfg: FtkConfig, key: str) -> Any:
+    """The value of the top-level plugin key ``key``, or None when the config does not set it."""
+    section = cfg.section(key)
+    return None if section is None else section.root
+
+
+# --- what the config asks for -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How the base model is quantized, with every default resolved."""
+
+    backend: Literal["bitsandbytes", "torchao"]
+    key: str  # the config key that turned it on, for messages
+    bits: int | None = None  # bitsandbytes: 4 or 8
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    quant_storage: str | None = None
+    method: str | None = None  # torchao
+
+    def describe(self) -> str:
+        """One line, e.g. ``bitsandbytes 4-bit nf4, double quant, compute bfloat16``."""
+        if self.backend == "torchao":
+            return f"torchao {self.method}"
+        if self.bits == 8:
+            return "bitsandbytes 8-bit (LLM.int8)"
+        parts = [f"bitsandbytes 4-bit {self.quant_type}"]
+        if self.double_quant:
+            parts.append("double quant")
+        parts.append(f"compute {self.compute_dtype}")
+        if self.quant_storage is not None:
+            parts.append(f"storage {self.quant_storage}")
+        return ", ".join(parts)
+
+
+def problems(cfg: FtkConfig) -> list[tuple[str, str]]:
+    """Quantization keys that contradict each other or the adapter, as (key, message); empty when none."""
+    found: list[tuple[str, str]] = []
+    four, eight = bool(value(cfg, "load_in_4bit")), bool(value(cfg, "load_in_8bit"))
+    torchao_section = cfg.section(SECTION) is not None
+    if four and eight:
+        found.append(("load_in_8bit", "load_in_4bit is true too; choose one"))
+    if torchao_section and (four or eight):
+        key = "load_in_4bit" if four else "load_in_8bit"
+        found.append((SECTION, f"quantizes with torchao, {key} with bitsandbytes; choose one"))
+    if not four:
+        found += [
+            (key, "applies with load_in_4bit: true only")
+            for key in BNB_4BIT_KEYS
+            if value(cfg, key) is not None
+        ]
+    if cfg.adapter == "qlora" and not four:
+        found.append(
+            (
+                "adapter",
+                "qlora is LoRA on a 4-bit base and needs load_in_4bit: true; otherwise set adapter: lora",
+            )
+        )
+    if cfg.adapter is None and (four or eight or torchao_section):
+        key = "load_in_4bit" if four else "load_in_8bit" if eight else SECTION
+        found.append(
+            (
+                key,
+                "quantized weights cannot be trained, and adapter is not set (full fine-tuning); "
+                f"set adapter: {'qlora (or lora)' if four else 'lora'}",
+            )
+        )
+    return found
+
+
+def resolve(cfg: FtkConfig) -> Quantization | None:
+    """What the config asks for, defaults filled in; None when the base is not quantized.
+
+    Meant for configs without :func:`problems` (the loader rejects the others).
+    """
+    section: QuantizationConfig | None = cfg.section(SECTION)
+    if section is not None:
+        return Quantization(backend=section.backend, key=f"{SECTION}.method", method=section.method)
+    if value(cfg, "load_in_8bit"):
+        return Quantization(backend="bitsandbytes", key="load_in_8bit", bits=8)
+    if not value(cfg, "load_in_4bit"):
+        return None
+    precision = "bfloat16" if cfg.bf16 else "float16" if cfg.fp16 else "float32"
+    double_quant = value(cfg, "bnb_4bit_use_double_quant")
+    return Quantization(
+        backend="bitsandbytes",
+        key="load_in_4bit",
+        bits=4,
+        quant_type=value(cfg, "bnb_4bit_quant_type") or "nf4",
+        double_quant=True if double_quant is None else double_quant,
+        compute_dtype=value(cfg, "bnb_4bit_compute_dtype") or precision,
+        quant_storage=value(cfg, "bnb_4bit_quant_storage"),
+    )
+
+
+def unquantized(cfg: FtkConfig) -> FtkConfig:
+    """A copy of ``cfg`` that loads the base model unquantized, e.g. to merge an adapter into full weights.
+
+    ``adapter: qlora`` becomes ``lora``: the same adapter, on an unquantized base.
+    """
+    update: dict[str, Any] = {key: None for key in (*BNB_KEYS, SECTION) if key in type(cfg).model_fields}
+    if cfg.adapter == "qlora":
+        update["adapter"] = "lora"
+    return cfg.model_copy(update=update)
+
+
+# --- this machine -------------------------------------------------------------------------------
+
+
+def require_package(package: str, minimum: str, key: str, install: str) -> str:
+    """The installed version of ``package``; an FtkError naming ``key`` when it is missing or older than ``minimum``."""
+    try:
+        installed = version(package)
+    except PackageNotFoundError:
+        raise FtkError(f"{key}: needs {package}: {install}") from None
+    if Version(installed) < Version(minimum):
+        raise FtkError(
+            f"{key}: needs {package} >= {minimum} (installed: {installed}): pip install -U '{package}>={minimum}'"
+        )
+    return installed
+
+
+def check_environment(quant: Quantization) -> None:
+    """Raise an FtkError naming the key when this machine cannot load the base as ``quant`` says."""
+    if quant.backend == "torchao":
+        problem = torchao.this_hardware_problem(str(quant.method))
+        if problem:
+            raise FtkError(f"{quant.key}: {problem}")
+        require_package("torchao", TORCHAO_MIN_VERSION, quant.key, TORCHAO_INSTALL)
+        return
+    installed = require_package("bitsandbytes", BITSANDBYTES_MIN_VERSION, quant.key, BNB_INSTALL)
+    problem = bnb.device_problem(bnb.supported_devices(), bnb.training_device())
+    if problem:
+        raise FtkError(f"{quant.key}: bitsandbytes {installed}: {problem}")
+
+
+def quantization_config(quant: Quantization) -> Any:
+    """transformers' quantization config for ``quant``: a ``BitsAndBytesConfig`` or a ``TorchAoConfig``."""
+    if quant.backend == "torchao":
+        return torchao.torchao_config(str(quant.method))
+    if quant.bits == 8:
+        return bnb.bnb_config(8)
+    return bnb.bnb_config(
+        4,
+        quant_type=quant.quant_type,
+        double_quant=quant.double_quant,
+        compute_dtype=quant.compute_dtype,
+        quant_storage=quant.quant_storage or "uint8",
+    )
+
+
+# --- hooks --------------------------------------------------------------------------------------
+
+
+@hookimpl
+def register_config_sections(register: SectionRegistrar) -> None:
+    """Add axolotl's top-level bitsandbytes keys and the ``quantization:`` section (torchao)."""
+    for key, model in BNB_KEYS.items():
+        register(key, model)
+    register(SECTION, QuantizationConfig)
+
+
+@hookimpl
+def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
+    """Report quantization keys that contradict each other or the adapter when the config is loaded."""
+    return [((key,), message) for key, message in problems(cfg)]
+
+
+@hookimpl
+def pre_model_load(cfg: FtkConfig) -> None:
+    """Stop before loading when this machine cannot quantize as the config asks."""
+    quant = resolve(cfg)
+    if quant is not None:
+        check_environment(quant)
+
+
+@hookimpl
+def model_load_kwargs(cfg: FtkConfig) -> dict[str, Any]:
+    """``quantization_config`` for ``from_pretrained`` when the config quantizes the base model."""
+    quant = resolve(cfg)
+    if quant is None:
+        return {}
+    check_environment(quant)
+    return {"quantization_config": quantization_config(quant)}
+
+
+@hookimpl
+def post_model_load(cfg: FtkConfig, model: Any) -> None:
+    """Check that the base was loaded quantized, prepare a bitsandbytes base for training, and say how."""
+    quant = resolve(cfg)
+    if quant is None:
+        return
+    if not getattr(model, "is_quantized", False):
+        raise FtkError(
+            f"{quant.key}: the base model was loaded unquantized: the plugin that loaded it "
+            f"({type(model).__name__}) did not pass on the quantization_config of model_load_kwargs"
+        )
+    if quant.backend == "bitsandbytes":
+        from peft import prepare_model_for_kbit_training
+
+        # Gradient checkpointing is left to the trainer and the adapter plugin.
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    size = model.get_memory_footprint() / 2**20
+    Console(stderr=True, soft_wrap=True).print(
+        f"quantization: {quant.describe()}; base model {size:,.1f} MiB", markup=False, highlight=False
+    )
+
+
+@hookimpl
+def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
+    """A ``quantization`` row in the end-of-run summary when the base was quantized."""
+    quant = resolve(cfg)
+    return [] if quant is None else [("quantization", quant.describe())]
