@@ -75,7 +75,9 @@ def run(config: Path, *overrides: str) -> int:
     [(False, 3), (True, 3), (True, 5)],
     ids=["padded-mid-epoch", "packed-mid-epoch", "packed-second-epoch"],
 )
-def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path, tiny_model_dir, chat16, packing, stop_at):
+def test_stop_and_resume_reproduces_the_uninterrupted_losses(
+    tmp_path, tiny_model_dir, chat16, packing, stop_at
+):
     packing_line = f"sample_packing: {str(packing).lower()}\n"
     straight_out = tmp_path / "straight"
     straight = write_config(tmp_path / "straight.yaml", tiny_model_dir, chat16, straight_out, packing_line)
@@ -118,13 +120,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, tiny_model_dir, cha
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(tmp_path, tiny_model_dir, chat16):
+def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
+    tmp_path, tiny_model_dir, chat16
+):
     out = tmp_path / "out"
-    events = "plugins: [tests.fixture_plugins.run_events]\nevents:\n  kill_while_saving_step: 4\nsave_steps: 2\n"
+    events = (
+        "plugins: [tests.fixture_plugins.run_events]\nevents:\n  kill_while_saving_step: 4\nsave_steps: 2\n"
+    )
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.run(
-        [sys.executable, "-m", "ftk.cli", "train", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-m", "ftk.cli", "train", str(config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
     names = sorted(p.name for p in out.iterdir())
@@ -134,7 +144,9 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(tmp
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     PeftModel.from_pretrained(base, out / "checkpoint-2")
 
-    again = write_config(tmp_path / "again.yaml", tiny_model_dir, chat16, out, "save_steps: 2\nauto_resume: true\n")
+    again = write_config(
+        tmp_path / "again.yaml", tiny_model_dir, chat16, out, "save_steps: 2\nauto_resume: true\n"
+    )
     cfg, manager = load_config(again)
     result = run_training(cfg, manager)
     assert result.global_step == 6
@@ -143,7 +155,9 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(tmp
     assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
 
 
-def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, chat16, capsys):
+def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_model_dir, chat16, capsys
+):
     out = tmp_path / "out"
     events = "plugins: [tests.fixture_plugins.run_events]\nevents:\n  nan_at_step: 5\nsave_steps: 2\n"
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
@@ -164,7 +178,9 @@ def test_out_of_memory_names_what_to_lower(tmp_path, tiny_model_dir, chat16, cap
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     message = errors[0]
-    assert message.startswith("error: out of memory at step 2 (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert message.startswith(
+        "error: out of memory at step 2 (CUDA out of memory. Tried to allocate 2.00 GiB)"
+    )
     assert "micro_batch_size (now 2" in message and "sequence_len (now 256)" in message
     assert "gradient_checkpointing: true" in message
     assert "Traceback" not in message

@@ -53,7 +53,9 @@ dataset_prepared_path: {tmp_path / "prepared"}
     return path
 
 
-def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint(tmp_path, tiny_model_dir, chat24):
+def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint(
+    tmp_path, tiny_model_dir, chat24
+):
     cfg, manager = load_config(
         config(tmp_path, tiny_model_dir, chat24, "eval_steps: 2\nsave_steps: 2\nsave_total_limit: 1\n")
     )

@@ -24,7 +24,9 @@ class EventsSection(StrictModel):
     signal_name: str = "SIGTERM"
     nan_at_step: int | None = None
     oom_at_step: int | None = None
-    kill_while_saving_step: int | None = Field(None, description="SIGKILL the process while it saves this step")
+    kill_while_saving_step: int | None = Field(
+        None, description="SIGKILL the process while it saves this step"
+    )
 
 
 _current = {"step": 0}
