@@ -74,9 +74,27 @@ def eval_dataloader(
             collate_fn=PackingCollator(pad_token_id=pad_token_id),
         )
     if world_size > 1:
-        indices = list(range(rank, len(dataset), world_size))
-        dataset = dataset.select(indices)
+        dataset = _rank_share(dataset, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PaddingCollator(pad_token_id))
+
+
+def _rank_share(dataset: Any, rank: int, world_size: int) -> Any:
+    """Every ``world_size``-th row from ``rank``, padded to the same row count on every rank.
+
+    Sharded models (ZeRO-3, FSDP) run collectives inside forward, so every rank must run the same
+    number of batches; a padding row repeats a real one with every label masked, so it adds nothing.
+    """
+    rows = list(range(rank, len(dataset), world_size))
+    share = dataset.select(rows)
+    missing = -(-len(dataset) // world_size) - len(rows)
+    if missing <= 0:
+        return share
+    from datasets import concatenate_datasets
+
+    filler = dataset.select([0] * missing)
+    masked = [[IGNORE_INDEX] * len(labels) for labels in filler["labels"]]
+    filler = filler.remove_columns("labels").add_column("labels", masked, feature=dataset.features["labels"])
+    return concatenate_datasets([share, filler])
 
 
 def trained_token_count(labels: torch.Tensor) -> torch.Tensor:
@@ -95,6 +113,7 @@ def evaluate_loss(
 
     Under torch.distributed the sums and counts of all ranks are added before dividing.
     """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -105,13 +124,13 @@ def evaluate_loss(
             if device is not None:
                 batch = {key: value.to(device) for key, value in batch.items()}
             count = trained_token_count(batch["labels"])
-            if int(count) == 0:
-                continue
+            if int(count) == 0 and not distributed:
+                continue  # (under torch.distributed every rank runs every batch: see _rank_share)
             total += summed_loss(model, batch).double()
             tokens += count
     finally:
         model.train(was_training)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed:
         torch.distributed.all_reduce(total)
         torch.distributed.all_reduce(tokens)
     if int(tokens) == 0:
