@@ -146,14 +146,18 @@ def test_no_kernels_means_no_work(tmp_path):
     assert liger_plugin.prepare_kernels(config(tmp_path, tmp_path / "missing", "liger_rope: false\n")) == {}
 
 
-def test_fused_and_plain_cross_entropy_together_are_an_error(tmp_path):
-    cfg = config(tmp_path, "unused", "liger_cross_entropy: true\nliger_fused_linear_cross_entropy: true\n")
+def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
+    extra = "liger_cross_entropy: true\nliger_fused_linear_cross_entropy: true\nchunked_cross_entropy: true\n"
+    path = write_config(tmp_path / "cfg.yaml", "unused", extra)
     with pytest.raises(FtkError) as error:
-        liger_plugin.pre_model_load(cfg=cfg)
-    assert str(error.value) == (
-        "liger_cross_entropy: cannot be combined with liger_fused_linear_cross_entropy, which computes "
-        "the cross-entropy itself; turn one off"
-    )
+        load_config(path, manager=manager_with_liger())
+    line = path.read_text().splitlines().index("liger_cross_entropy: true") + 1
+    assert str(error.value).splitlines() == [
+        f"{path}:{line}: liger_cross_entropy: cannot be combined with liger_fused_linear_cross_entropy, "
+        "which computes the cross-entropy itself; turn one off",
+        f"{path}:{line + 1}: liger_fused_linear_cross_entropy: cannot be combined with chunked_cross_entropy "
+        "(both replace the loss); choose one",
+    ]
 
 
 @no_gpu_only

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "quantization",
     "deepspeed",
     "fsdp",
+    "liger",
     "tiny_model",
 )
 

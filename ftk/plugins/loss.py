@@ -42,14 +42,14 @@ def causal_lm_loss(
     """
     shift_logits = logits[..., :-1, :].reshape(-1, logits.size(-1))
     shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
-    return _normalise(_summed_cross_entropy(shift_logits, shift_labels), shift_labels, num_items_in_batch)
+    return normalise(_summed_cross_entropy(shift_logits, shift_labels), shift_labels, num_items_in_batch)
 
 
 def _summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _normalise(
+def normalise(
     total: torch.Tensor, targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
 ) -> torch.Tensor:
     if num_items_in_batch is None:
@@ -71,10 +71,27 @@ def _accepts_logits_to_keep(forward_owner: type) -> bool:
     return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
 
 
-def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under wrappers (peft's PeftModel, DDP's module)."""
     inner = getattr(model, "module", model)
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def logit_transform(model_config: Any) -> tuple[float, float | None]:
+    """What a family does to its logits after the output head, as (input scale, softcap).
+
+    Granite divides the logits by ``logits_scaling``, Falcon-H1 multiplies them by
+    ``lm_head_multiplier`` (both equal to scaling the head's input); Gemma 2 and 3 cap them with
+    ``final_logit_softcapping``.
+    """
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    scale = 1.0
+    if getattr(text, "logits_scaling", None):
+        scale /= float(text.logits_scaling)
+    if getattr(text, "lm_head_multiplier", None):
+        scale *= float(text.lm_head_multiplier)
+    softcap = getattr(text, "final_logit_softcapping", None)
+    return scale, float(softcap) if softcap else None
 
 
 def has_router(model_config: Any) -> bool:
@@ -91,7 +108,7 @@ def router_aux_loss_coef(cfg: FtkConfig | None, model_config: Any) -> float:
     return float(model_config.router_aux_loss_coef or 0.0)
 
 
-def _micro_batches_per_step(cfg: FtkConfig | None) -> int:
+def micro_batches_per_step(cfg: FtkConfig | None) -> int:
     """Micro-batches whose losses are summed into one optimizer step, over every process."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
@@ -113,30 +130,31 @@ def compute_loss(
     """
     labels = inputs["labels"]
     features = {key: value for key, value in inputs.items() if key != "labels"}
-    config = _causal_lm(model).config
+    config = causal_lm(model).config
     aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
     if has_router(config):
         features["output_router_logits"] = aux_coef > 0
     chunked = cfg is not None and cfg.chunked_cross_entropy
-    if chunked and labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
+    if chunked and labels.dim() == 2 and _accepts_logits_to_keep(type(causal_lm(model))):
         # The decoder runs as usual (through any DDP/peft wrapper); the head is applied chunk by chunk.
         keep = trained_position_mask(labels)
         outputs = model(**features, logits_to_keep=1, output_hidden_states=True, use_cache=False)
         targets = labels[:, 1:][keep[:, :-1]]
+        scale, softcap = logit_transform(config)
         total = chunked_summed_cross_entropy(
-            outputs.hidden_states[-1][keep],
+            outputs.hidden_states[-1][keep] * scale if scale != 1.0 else outputs.hidden_states[-1][keep],
             targets,
-            _causal_lm(model).get_output_embeddings(),
+            causal_lm(model).get_output_embeddings(),
             cfg.chunked_cross_entropy_num_chunks,
-            softcap=getattr(config, "final_logit_softcapping", None),
+            softcap=softcap,
         )
-        loss = _normalise(total, targets, num_items_in_batch)
-    elif labels.dim() == 2 and _accepts_logits_to_keep(type(_causal_lm(model))):
+        loss = normalise(total, targets, num_items_in_batch)
+    elif labels.dim() == 2 and _accepts_logits_to_keep(type(causal_lm(model))):
         keep = trained_position_mask(labels)
         outputs = model(**features, logits_to_keep=keep, use_cache=False)
         targets = labels[:, 1:][keep[:, :-1]]
         logits = outputs.logits.reshape(-1, outputs.logits.size(-1))
-        loss = _normalise(_summed_cross_entropy(logits, targets), targets, num_items_in_batch)
+        loss = normalise(_summed_cross_entropy(logits, targets), targets, num_items_in_batch)
     else:
         outputs = model(**features, use_cache=False)
         loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
@@ -149,7 +167,7 @@ def compute_loss(
             metrics.add("router_aux_loss", aux)
         # The cross-entropy is already a share of the whole step (num_items_in_batch); the router
         # loss is a per-micro-batch mean, so each micro-batch adds its share of coef * mean.
-        loss = loss + aux_coef * aux / _micro_batches_per_step(cfg)
+        loss = loss + aux_coef * aux / micro_batches_per_step(cfg)
     return loss
 
 
