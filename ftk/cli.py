@@ -18,6 +18,16 @@ from ftk import __version__
 from ftk.core.errors import FtkError
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 
+EXAMPLES = """examples:
+  ftk validate examples/quickstart.yaml                  check a config, print it with defaults
+  ftk preprocess examples/quickstart.yaml --debug        show which tokens are trained
+  ftk train examples/quickstart.yaml --max_steps 20      train (any key can be overridden)
+  ftk eval examples/quickstart.yaml --adapter outputs/quickstart --json
+  ftk generate examples/quickstart.yaml "Book a table for two tonight"
+
+docs: docs/README.md (training, scaling, config reference, writing plugins)
+"""
+
 CONFIG_COMMANDS = ("train", "preprocess", "validate", "eval", "generate")
 
 
@@ -42,12 +52,23 @@ def build_parser(manager: FtkPluginManager) -> argparse.ArgumentParser:
     common.add_argument("--verbose", "-v", action="store_true", help="show tracebacks for errors")
 
     parser = argparse.ArgumentParser(
-        prog="ftk", description="Fine-tune causal language models.", parents=[common]
+        prog="ftk",
+        description="Fine-tune causal language models (full, LoRA, QLoRA) from one YAML config.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ftk {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser("train", parents=[common], help="fine-tune a model as a config says")
+    train = commands.add_parser(
+        "train",
+        parents=[common],
+        help="fine-tune a model as a config says",
+        description="Fine-tune as the config says: writes the adapter (or full model), metrics.jsonl, "
+        "summary.md and loss.png to output_dir. Ctrl-C or SIGTERM saves a checkpoint and exits; "
+        "--auto_resume true continues from the latest checkpoint.",
+    )
     _add_config_argument(train)
     train.add_argument(
         "--nproc-per-node",

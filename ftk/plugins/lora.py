@@ -466,7 +466,7 @@ def register_commands(register: CommandRegistrar) -> None:
     """Contribute the ``merge-lora`` command."""
     register(
         name="merge-lora",
-        help="Merge a trained LoRA adapter into its base model and save the full model.",
+        help="merge a trained LoRA/DoRA/QLoRA adapter into its base model; save the full model",
         add_arguments=_merge_arguments,
         run=_run_merge,
     )

@@ -99,7 +99,7 @@ def register_commands(register: CommandRegistrar) -> None:
     """Contribute the ``tiny-model`` command."""
     register(
         name="tiny-model",
-        help="Build the bundled tiny model (tokenizer + random Qwen3) offline.",
+        help="build the bundled tiny test model (Qwen BPE tokenizer + small Qwen3) offline",
         add_arguments=_add_arguments,
         run=_run,
     )
