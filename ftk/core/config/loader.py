@@ -22,6 +22,15 @@ from ftk.core.registry import Registry, Strategy
 DATASET_LIST_KEYS = ("datasets", "test_datasets")
 
 
+#: axolotl keys that ftk spells differently; the error names ftk's key instead of a near miss.
+AXOLOTL_RENAMES: dict[str, str] = {
+    "cosine_min_lr_ratio": "min_lr_ratio",
+    "auto_resume_from_checkpoints": "auto_resume",
+    "flash_attention": "attn_implementation",
+    "sdp_attention": "attn_implementation",
+}
+
+
 def format_loc(loc: Loc) -> str:
     """``("datasets", 0, "path")`` -> ``datasets[0].path``."""
     text = ""
@@ -87,6 +96,9 @@ class ConfigErrors:
             loc = (*prefix, *item["loc"])
             kind = item["type"]
             if kind == "extra_forbidden":
+                if len(loc) == 1 and loc[0] in AXOLOTL_RENAMES:
+                    self.add(loc, f"unknown key (ftk calls it '{AXOLOTL_RENAMES[loc[0]]}'; see docs/axolotl.md)")
+                    continue
                 holder = _model_at(root, item["loc"][:-1])
                 candidates = list(holder.model_fields) if holder is not None else []
                 candidates += extra_candidates or []
