@@ -245,5 +245,13 @@ def load_config(
 
 
 def dump_config(cfg: FtkConfig) -> dict[str, Any]:
-    """The resolved config as plain data (defaults filled in, strategy options included)."""
-    return cfg.model_dump(mode="json")
+    """The resolved config as plain data (defaults filled in, strategy options included).
+
+    Plugin sections the config does not use are left out, so the file also loads where those
+    plugins are not installed.
+    """
+    data = cfg.model_dump(mode="json")
+    for name in set(type(cfg).model_fields) - set(FtkConfig.model_fields):
+        if data.get(name) is None:
+            del data[name]
+    return data
