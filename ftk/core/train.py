@@ -273,7 +273,7 @@ def divergence_message(what: str, last_good: Path | None) -> str:
         else "no checkpoint was saved before it (set save_steps to keep some)"
     )
     return (
-        f"training diverged, {what}; stopped without saving. {where}. "
+        f"training diverged, {what}; stopped without saving; {where}. "
         "Try a lower learning_rate, a longer warmup, max_grad_norm: 1.0, or bf16 instead of fp16."
     )
 

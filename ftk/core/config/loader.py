@@ -97,7 +97,9 @@ class ConfigErrors:
             kind = item["type"]
             if kind == "extra_forbidden":
                 if len(loc) == 1 and loc[0] in AXOLOTL_RENAMES:
-                    self.add(loc, f"unknown key (ftk calls it '{AXOLOTL_RENAMES[loc[0]]}'; see docs/axolotl.md)")
+                    self.add(
+                        loc, f"unknown key (ftk calls it '{AXOLOTL_RENAMES[loc[0]]}'; see docs/axolotl.md)"
+                    )
                     continue
                 holder = _model_at(root, item["loc"][:-1])
                 candidates = list(holder.model_fields) if holder is not None else []
