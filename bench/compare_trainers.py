@@ -375,7 +375,13 @@ def rows_that_fit(source: Path, model: Path, sequence_len: int, target: Path) ->
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = read_rows(source)
-    kept = [row for row in rows if len(tokenizer.apply_chat_template(row["messages"])) <= sequence_len]
+    # Render to text, then tokenize: apply_chat_template(tokenize=True) returns an encoding (a mapping)
+    # in transformers 5, whose len() is its number of fields, not of tokens.
+    lengths = [
+        len(tokenizer(tokenizer.apply_chat_template(row["messages"], tokenize=False))["input_ids"])
+        for row in rows
+    ]
+    kept = [row for row, length in zip(rows, lengths, strict=True) if length <= sequence_len]
     target.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
     return len(kept), len(rows)
 
