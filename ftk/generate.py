@@ -27,7 +27,8 @@ from transformers import PreTrainedTokenizerBase, TextStreamer, set_seed
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.core.eval_command import load_inference_model, load_inference_tokenizer, model_kind, place
+from ftk.core.eval_command import load_inference_model, model_kind, place
+from ftk.core.model import load_inference_tokenizer
 from ftk.core.plugins import FtkPluginManager
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids

@@ -51,3 +51,26 @@ def tokenizers(tiny_model_dir: Path) -> dict:
         tokenizer.add_special_tokens({"additional_special_tokens": extra, **named})
         made[name] = tokenizer
     return made
+
+
+@pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its weights scaled so that its predictions differ from token to token.
+
+    At initialisation every next-token distribution is near uniform (each token costs about
+    ln(vocab)) and greedy decoding repeats the last prompt token, so a test of how losses are
+    averaged or of which prompt was used could not fail.  Scaled (embeddings x20, other matrices
+    x8), examples' losses spread over a unit or so and greedy replies depend on the prompt.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("sharp") / "model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.mul_(20.0 if "embed_tokens" in name else 8.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out

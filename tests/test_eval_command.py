@@ -26,29 +26,6 @@ SEQUENCE_LEN = 1024  # room for two to four eval examples per packed row
 TOLERANCE = 1e-5
 
 
-def sharpen(model: torch.nn.Module) -> None:
-    """Scale the weights of the freshly initialised tiny model so that its predictions differ.
-
-    At its initialisation every next-token distribution is close to uniform: each token's loss is
-    ln(vocab) and any way of averaging gives the same number.  Scaled, the examples' own mean
-    losses spread over a unit or so, which a mean of batch means would not reproduce.
-    """
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.mul_(20.0 if "embed_tokens" in name else 8.0)
-
-
-@pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sharp") / "model"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    sharpen(model)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("eval")

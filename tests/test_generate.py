@@ -29,28 +29,6 @@ PROMPT = "Find me a cheap restaurant in Berkeley"
 IM_END, ENDOFTEXT = 151645, 151643
 
 
-def sharpen(model: torch.nn.Module) -> None:
-    """Scale the freshly initialised tiny model's weights so that greedy decoding varies.
-
-    At initialisation the tied embeddings dominate: greedy decoding repeats the last prompt token
-    ("\\n" after a generation prompt), which a wrong prompt would reproduce just as well.
-    """
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.mul_(20.0 if "embed_tokens" in name else 8.0)
-
-
-@pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sharp") / "model"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    sharpen(model)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def sharp_model(sharp_model_dir):
     return AutoModelForCausalLM.from_pretrained(sharp_model_dir, dtype=torch.float32).eval()

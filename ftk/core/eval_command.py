@@ -23,12 +23,11 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.data.pipeline import prepare_data
 from ftk.core.errors import FtkError
 from ftk.core.evaluate import EvalResult, eval_dataloader, evaluate_loss, hook_summed_loss
-from ftk.core.model import load_base_model, load_tokenizer
+from ftk.core.model import load_base_model, load_inference_tokenizer
 from ftk.core.plugins import FtkPluginManager
 
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 def model_kind(directory: Path, label: str) -> Literal["adapter", "full"]:
@@ -42,22 +41,6 @@ def model_kind(directory: Path, label: str) -> Literal["adapter", "full"]:
     raise FtkError(
         f"{label}: {directory} holds neither {ADAPTER_CONFIG} (a peft adapter) nor {MODEL_CONFIG} (a full model)"
     )
-
-
-def has_tokenizer(directory: Path) -> bool:
-    """Whether ``directory`` holds saved tokenizer files."""
-    return any((directory / name).is_file() for name in TOKENIZER_FILES)
-
-
-def load_inference_tokenizer(cfg: FtkConfig, hooks: Any, directory: Path | None) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in ``directory`` when there is one, else the config's; through the hook.
-
-    The saved one carries the tokens and special tokens added in training; the hook still applies
-    ``special_tokens`` and ``tokens`` (already present: nothing changes) and the pad fallback.
-    """
-    if directory is not None and has_tokenizer(directory):
-        cfg = cfg.model_copy(update={"tokenizer_config": str(directory)})
-    return load_tokenizer(cfg, hooks)
 
 
 def load_inference_model(

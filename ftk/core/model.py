@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
+from ftk.core.registry import merge_contributions
 
 
 def load_tokenizer(cfg: FtkConfig, hooks: Any) -> PreTrainedTokenizerBase:
@@ -20,13 +22,7 @@ def load_tokenizer(cfg: FtkConfig, hooks: Any) -> PreTrainedTokenizerBase:
 
 def model_load_kwargs(cfg: FtkConfig, hooks: Any) -> dict[str, Any]:
     """The ``from_pretrained`` keyword arguments plugins contribute; a clash between two is an error."""
-    merged: dict[str, Any] = {}
-    for contribution in hooks.model_load_kwargs(cfg=cfg):
-        for key, value in (contribution or {}).items():
-            if key in merged and merged[key] != value:
-                raise FtkError(f"plugins disagree on the model loading argument {key!r}")
-            merged[key] = value
-    return merged
+    return merge_contributions(hooks.model_load_kwargs(cfg=cfg), "model loading argument")
 
 
 def load_base_model(cfg: FtkConfig, hooks: Any, tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -46,3 +42,22 @@ def load_model(cfg: FtkConfig, hooks: Any, tokenizer: PreTrainedTokenizerBase) -
     if adapted is None:
         raise FtkError(f"adapter: no plugin applies the adapter {cfg.adapter!r}")
     return adapted
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def has_tokenizer(directory: Path) -> bool:
+    """Whether ``directory`` holds saved tokenizer files."""
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_inference_tokenizer(cfg: FtkConfig, hooks: Any, directory: Path | None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``directory`` when there is one, else the config's; through the hook.
+
+    The saved one carries the tokens and special tokens added in training; the hook still applies
+    ``special_tokens`` and ``tokens`` (already present: nothing changes) and the pad fallback.
+    """
+    if directory is not None and has_tokenizer(directory):
+        cfg = cfg.model_copy(update={"tokenizer_config": str(directory)})
+    return load_tokenizer(cfg, hooks)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,3 +103,17 @@ class Registry:
             self.strategies[name] = Strategy(name, build, options_model, plugin)
 
         return register
+
+
+def merge_contributions(contributions: Iterable[dict[str, Any] | None], what: str) -> dict[str, Any]:
+    """One dict from the dicts a contribution hook returned; two plugins giving one key two values is an error.
+
+    ``what`` names the keys in the error, e.g. "training argument".
+    """
+    merged: dict[str, Any] = {}
+    for contribution in contributions:
+        for key, value in (contribution or {}).items():
+            if key in merged and merged[key] != value:
+                raise FtkError(f"plugins disagree on the {what} {key!r}: {merged[key]!r} vs {value!r}")
+            merged[key] = value
+    return merged

@@ -24,6 +24,7 @@ from ftk.core.errors import FtkError
 from ftk.core.launch import distributed_arguments, main_process_first, rank
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
+from ftk.core.registry import merge_contributions
 from ftk.core.summary import print_summary, summary_rows, write_summary
 from ftk.core.trainer import FtkTrainer
 from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
@@ -81,15 +82,9 @@ def tracker_settings(cfg: FtkConfig) -> dict[str, Any]:
 
 def plugin_training_arguments(cfg: FtkConfig, hooks: Any) -> dict[str, Any]:
     """The TrainingArguments fields plugins contribute; two plugins setting one field is an error."""
-    merged: dict[str, Any] = {}
-    for contribution in hooks.training_arguments(cfg=cfg) if hooks is not None else []:
-        for key, value in (contribution or {}).items():
-            if key in merged and merged[key] != value:
-                raise FtkError(
-                    f"plugins disagree on the training argument {key!r}: {merged[key]!r} vs {value!r}"
-                )
-            merged[key] = value
-    return merged
+    if hooks is None:
+        return {}
+    return merge_contributions(hooks.training_arguments(cfg=cfg), "training argument")
 
 
 def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Any = None) -> TrainingArguments:

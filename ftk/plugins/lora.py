@@ -378,17 +378,6 @@ def _check_output(output: Path, adapter: Path, force: bool) -> None:
         )
 
 
-def _load_tokenizer(cfg: FtkConfig, hooks: Any, adapter: Path) -> Any:
-    """The tokenizer saved with the adapter (its added tokens match the adapter), else the config's."""
-    if (adapter / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(adapter, trust_remote_code=cfg.trust_remote_code)
-    from ftk.core.model import load_tokenizer
-
-    return load_tokenizer(cfg, hooks)
-
-
 def _ordinary_permissions(directory: Path) -> None:
     """Let the umask decide the directory's permissions (mkdtemp makes it private to the user)."""
     umask = os.umask(0)
@@ -423,7 +412,7 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
     """
     from peft import PeftModel
 
-    from ftk.core.model import load_base_model
+    from ftk.core.model import load_base_model, load_inference_tokenizer
 
     if not (adapter / ADAPTER_CONFIG_NAME).is_file():
         raise FtkError(
@@ -432,7 +421,7 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
         )
     _check_output(output, adapter, force)
     cfg = unquantized(cfg)  # merge into full-precision weights, not into a quantized copy of them
-    tokenizer = _load_tokenizer(cfg, hooks, adapter)
+    tokenizer = load_inference_tokenizer(cfg, hooks, adapter)
     base = load_base_model(cfg, hooks, tokenizer)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.config.use_cache = True  # the merged model is for inference
