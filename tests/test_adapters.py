@@ -17,9 +17,8 @@ from ftk.core.errors import FtkError
 from ftk.core.train import run_training
 from ftk.plugins import hf_model
 from ftk.plugins.lora import apply_adapter
+from tests.helpers import write_alpaca_config
 
-REPO = Path(__file__).resolve().parents[1]
-ARITHMETIC = REPO / "examples" / "data" / "arithmetic_alpaca.jsonl"
 TINY_VOCAB = 151_646  # tokens of the tiny model's tokenizer
 TINY_ROWS = 151_680  # its embedding rows (padded to a multiple of 64)
 
@@ -197,23 +196,7 @@ def test_new_tokens_of_an_untied_model_train_rows_of_both_embeddings():
 
 
 def write_config(tmp_path: Path, model_dir: Path, **keys) -> Path:
-    settings = {
-        "base_model": model_dir,
-        "datasets": f"[{{path: {ARITHMETIC}, type: alpaca, max_samples: 16}}]",
-        "sequence_len": 128,
-        "micro_batch_size": 4,
-        "max_steps": 3,
-        "learning_rate": "1.0e-2",
-        "lr_scheduler": "constant",
-        "seed": 3,
-        "output_dir": tmp_path / "out",
-        "dataset_prepared_path": tmp_path / "prepared",
-        **keys,
-    }
-    lines = [f"{key}: {value}" for key, value in settings.items()]
-    path = tmp_path / "cfg.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_alpaca_config(tmp_path, model_dir, **keys)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import textwrap
 from io import StringIO
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -40,9 +39,9 @@ from ftk.plugins.advisor import (
     is_moe,
     optimizer_steps,
 )
+from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 
 BASE = """\
 base_model: some/model
@@ -522,9 +521,7 @@ def test_a_real_run_prints_the_warning_and_puts_the_diagnosis_in_the_summary(
 ):
     from ftk.core.train import run_training
 
-    data = tmp_path / "chat.jsonl"
-    with CHAT.open() as source:
-        data.write_text("".join(islice(source, 24)))
+    data = first_chat_rows(tmp_path / "chat.jsonl", 24)
     path = tmp_path / "cfg.yaml"
     path.write_text(
         f"""\

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from ftk.cli import main
+from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 ALPACA = REPO / "examples" / "data" / "arithmetic_alpaca.jsonl"
 
 CONFIGS = {
@@ -121,9 +121,7 @@ dataset_prepared_path: {prepared}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("axolotl-data")
-    chat = folder / "chat.jsonl"
-    with CHAT.open() as source:
-        chat.write_text("".join(islice(source, 40)))
+    chat = first_chat_rows(folder / "chat.jsonl", 40)
     alpaca = folder / "alpaca.jsonl"
     with ALPACA.open() as source:
         alpaca.write_text("".join(islice(source, 40)))

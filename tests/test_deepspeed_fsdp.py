@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,9 @@ from ftk.core.train import plugin_training_arguments
 from ftk.integrations import deepspeed_configs
 from ftk.plugins import deepspeed as deepspeed_plugin
 from ftk.plugins import fsdp as fsdp_plugin
+from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 # Until the plugins are built-ins, configs load them by module path (naming a built-in there fails).
 PLUGINS_LINE = (
     ""
@@ -99,10 +98,7 @@ def validate_error(tmp_path: Path, extra: str, capsys) -> str:
 
 @pytest.fixture(scope="module")
 def chat16(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 16)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
 # --- presets -----------------------------------------------------------------------------------

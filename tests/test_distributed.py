@@ -6,20 +6,18 @@ import json
 import os
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import first_chat_rows
+
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_split_the_data_and_take_the_same_steps(tmp_path, tiny_model_dir):
-    data = tmp_path / "chat.jsonl"
-    with CHAT.open() as source:
-        data.write_text("".join(islice(source, 16)))
+    data = first_chat_rows(tmp_path / "chat.jsonl", 16)
     out = tmp_path / "out"
     config = tmp_path / "cfg.yaml"
     config.write_text(

@@ -13,7 +13,6 @@ import math
 import subprocess
 import sys
 from importlib.util import find_spec
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -39,9 +38,9 @@ from ftk.core.step_metrics import StepMetrics
 from ftk.integrations import liger as liger_integration
 from ftk.plugins import liger as liger_plugin
 from ftk.plugins.loss import compute_loss as default_loss
+from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 NO_GPU = (
     "Liger's kernels need a GPU (CUDA, ROCm or Intel XPU) and this machine has none; "
     "remove the liger_* keys to train here"
@@ -170,9 +169,7 @@ def test_without_a_gpu_the_first_key_on_is_named(tmp_path):
 
 @no_gpu_only
 def test_cli_train_stops_with_exit_code_2_before_loading_the_model(tmp_path, tiny_model_dir, capsys):
-    data = tmp_path / "chat.jsonl"
-    with CHAT.open() as source:
-        data.write_text("".join(islice(source, 4)))
+    data = first_chat_rows(tmp_path / "chat.jsonl", 4)
     path = write_config(
         tmp_path / "cfg.yaml",
         tiny_model_dir,
@@ -529,9 +526,7 @@ print(json.dumps(sorted({type(module).__name__ for module in result.model.module
 @needs_liger
 @pytest.mark.slow
 def test_training_with_every_kernel_on(tmp_path, tiny_model_dir):
-    data = tmp_path / "chat.jsonl"
-    with CHAT.open() as source:
-        data.write_text("".join(islice(source, 64)))
+    data = first_chat_rows(tmp_path / "chat.jsonl", 64)
     path = write_config(
         tmp_path / "cfg.yaml",
         tiny_model_dir,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from ftk.core.config.loader import load_config
 from ftk.core.train import run_training
+from tests.helpers import first_chat_rows
 
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 EPSILON = 0.1
 SHARPEN = 20.0
 TOLERANCE = 1e-4
@@ -39,10 +37,7 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_chats(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 2)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 2)
 
 
 def first_logged_loss(tmp_path: Path, model_dir: Path, data: Path, smoothing: str) -> tuple[float, list]:

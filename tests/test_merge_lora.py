@@ -15,31 +15,14 @@ from ftk.cli import main
 from ftk.core.config.loader import load_config
 from ftk.core.train import run_training
 from ftk.plugins.loss import compute_loss
+from tests.helpers import write_alpaca_config
 
-REPO = Path(__file__).resolve().parents[1]
-ARITHMETIC = REPO / "examples" / "data" / "arithmetic_alpaca.jsonl"
 NEW_TOKEN_ID = 151_646  # the first id after the tiny model's 151,646 tokens
 PROMPT = torch.tensor([[151644, 872, 198, 13048, NEW_TOKEN_ID, 151645, 198, 151644, 77091, 198]])
 
 
 def write_config(directory: Path, model_dir: Path, **keys) -> Path:
-    settings = {
-        "base_model": model_dir,
-        "datasets": f"[{{path: {ARITHMETIC}, type: alpaca, max_samples: 16}}]",
-        "sequence_len": 128,
-        "micro_batch_size": 4,
-        "max_steps": 3,
-        "learning_rate": "1.0e-2",
-        "lr_scheduler": "constant",
-        "seed": 5,
-        "output_dir": directory / "out",
-        "dataset_prepared_path": directory / "prepared",
-        **keys,
-    }
-    lines = [f"{key}: {value}" for key, value in settings.items()]
-    path = directory / "cfg.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_alpaca_config(directory, model_dir, **{"seed": 5, **keys})
 
 
 def train(directory: Path, model_dir: Path, **keys):

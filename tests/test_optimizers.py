@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ from ftk.plugins.optimizers import (
     warmup_steps,
 )
 from tests.fixture_plugins import custom_optimizer
-
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
+from tests.helpers import first_chat_rows
 
 
 def config(**keys) -> FtkConfig:
@@ -281,10 +278,7 @@ def test_a_restored_schedule_continues_where_it_stopped():
 
 @pytest.fixture(scope="module")
 def few_chats(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 8)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 8)
 
 
 def train(tmp_path: Path, model_dir: Path, data: Path, extra: str) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,8 @@ from ftk.plugins.profiling import (
     render_text,
     top_ops_tables,
 )
+from tests.helpers import first_chat_rows
 
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 # Until "profiling" is a built-in, configs load it by module path (naming a built-in there fails).
 PLUGINS_LINE = "" if "profiling" in BUILTIN_PLUGINS else "plugins: [ftk.plugins.profiling]"
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "aten::linear"}
@@ -35,10 +33,7 @@ MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "aten::lin
 
 @pytest.fixture(scope="module")
 def chat16(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 16)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
 def write_config(path: Path, model_dir: Path | str, data: Path | str, out: Path, extra: str) -> Path:

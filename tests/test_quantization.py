@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from itertools import islice
 from pathlib import Path
 from typing import get_args
 
@@ -27,9 +26,8 @@ from ftk.integrations import bnb, torchao
 from ftk.plugins import lora, quantization
 from ftk.plugins.hf_model import model_dtype
 from ftk.plugins.quantization import QuantizationConfig, quantization_config, require_package, resolve
+from tests.helpers import first_chat_rows
 
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 needs_torchao = pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed")
@@ -46,10 +44,7 @@ until_qlora = pytest.mark.xfail(
 
 @pytest.fixture(scope="module")
 def chat16(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 16)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
 def write_config(

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from transformers import AutoModelForCausalLM
 from ftk.cli import main
 from ftk.core.config.loader import load_config
 from ftk.core.train import run_training
+from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def chat16(tmp_path_factory) -> Path:
     """16 short conversations: with micro_batch_size 2 and accumulation 2, four steps per epoch."""
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 16)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
 def write_config(path: Path, model_dir: Path, data: Path, out: Path, extra: str = "") -> Path:

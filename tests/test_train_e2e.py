@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ftk.cli import main
 from ftk.core.config.loader import load_config
 from ftk.core.train import RESOLVED_CONFIG_NAME, run_training
-
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
+from tests.helpers import first_chat_rows
 
 
 @pytest.fixture(scope="module")
 def small_chat(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 48)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 48)
 
 
 def write_config(tmp_path: Path, model_dir: Path, data: Path) -> Path:

@@ -5,26 +5,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from itertools import islice
 from pathlib import Path
 
 import pytest
 
 from ftk.core.config.loader import load_config
 from ftk.core.train import run_training
-
-REPO = Path(__file__).resolve().parents[1]
-CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
+from tests.helpers import first_chat_rows
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def chat24(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chat.jsonl"
-    with CHAT.open() as source:
-        path.write_text("".join(islice(source, 24)))
-    return path
+    return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 24)
 
 
 def config(tmp_path: Path, model_dir: Path, data: Path, extra: str) -> Path:

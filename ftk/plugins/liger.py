@@ -36,12 +36,11 @@ from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
 from ftk.integrations import liger
 from ftk.plugins.loss import (
+    add_router_loss,
     causal_lm,
-    has_router,
     logit_transform,
-    micro_batches_per_step,
     normalise,
-    router_aux_loss_coef,
+    request_router_loss,
     trained_position_mask,
 )
 
@@ -288,9 +287,7 @@ def fused_loss(
     features = {key: value for key, value in inputs.items() if key != "labels"}
     inner = causal_lm(model)
     config = inner.config
-    aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
-    if has_router(config):
-        features["output_router_logits"] = aux_coef > 0
+    aux_coef = request_router_loss(cfg, config, model, features)
     keep = trained_position_mask(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     scale, softcap = logit_transform(config)
@@ -318,15 +315,7 @@ def fused_loss(
             "one forward pass, not once as the fused loss needs; turn the key off"
         )
     loss = normalise(totals[0].float(), targets, num_items_in_batch)
-    if aux_coef > 0:
-        aux = getattr(outputs, "aux_loss", None)
-        if aux is None:
-            raise FtkError(f"router_aux_loss_coef: {config.model_type!r} returned no router loss (aux_loss)")
-        aux = aux.to(loss.device)
-        if metrics is not None:
-            metrics.add("router_aux_loss", aux)
-        loss = loss + aux_coef * aux / micro_batches_per_step(cfg)
-    return loss
+    return add_router_loss(loss, outputs, aux_coef, config, cfg, metrics)
 
 
 # --- hooks --------------------------------------------------------------------------------------

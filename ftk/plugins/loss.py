@@ -115,6 +115,41 @@ def micro_batches_per_step(cfg: FtkConfig | None) -> int:
     return (cfg.gradient_accumulation_steps if cfg is not None else 1) * world
 
 
+def request_router_loss(
+    cfg: FtkConfig | None, config: Any, model: torch.nn.Module, features: dict[str, Any]
+) -> float:
+    """The router-loss coefficient for this forward (0 in eval or when off); asks the model for it.
+
+    Sets ``output_router_logits`` in ``features`` for mixture-of-experts models.
+    """
+    aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
+    if has_router(config):
+        features["output_router_logits"] = aux_coef > 0
+    return aux_coef
+
+
+def add_router_loss(
+    loss: torch.Tensor,
+    outputs: Any,
+    aux_coef: float,
+    config: Any,
+    cfg: FtkConfig | None,
+    metrics: StepMetrics | None,
+) -> torch.Tensor:
+    """``loss`` plus this micro-batch's share of ``aux_coef`` x the router loss (reported to ``metrics``)."""
+    if aux_coef <= 0:
+        return loss
+    aux = getattr(outputs, "aux_loss", None)
+    if aux is None:
+        raise FtkError(f"router_aux_loss_coef: {config.model_type!r} returned no router loss (aux_loss)")
+    aux = aux.to(loss.device)
+    if metrics is not None:
+        metrics.add("router_aux_loss", aux)
+    # The cross-entropy is already a share of the whole step (num_items_in_batch); the router
+    # loss is a per-micro-batch mean, so each micro-batch adds its share of coef * mean.
+    return loss + aux_coef * aux / micro_batches_per_step(cfg)
+
+
 def compute_loss(
     model: torch.nn.Module,
     inputs: dict[str, torch.Tensor],
@@ -131,9 +166,7 @@ def compute_loss(
     labels = inputs["labels"]
     features = {key: value for key, value in inputs.items() if key != "labels"}
     config = causal_lm(model).config
-    aux_coef = router_aux_loss_coef(cfg, config) if model.training else 0.0
-    if has_router(config):
-        features["output_router_logits"] = aux_coef > 0
+    aux_coef = request_router_loss(cfg, config, model, features)
     chunked = cfg is not None and cfg.chunked_cross_entropy
     if chunked and labels.dim() == 2 and _accepts_logits_to_keep(type(causal_lm(model))):
         # The decoder runs as usual (through any DDP/peft wrapper); the head is applied chunk by chunk.
@@ -158,17 +191,7 @@ def compute_loss(
     else:
         outputs = model(**features, use_cache=False)
         loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
-    if aux_coef > 0:
-        aux = getattr(outputs, "aux_loss", None)
-        if aux is None:
-            raise FtkError(f"router_aux_loss_coef: {config.model_type!r} returned no router loss (aux_loss)")
-        aux = aux.to(loss.device)
-        if metrics is not None:
-            metrics.add("router_aux_loss", aux)
-        # The cross-entropy is already a share of the whole step (num_items_in_batch); the router
-        # loss is a per-micro-batch mean, so each micro-batch adds its share of coef * mean.
-        loss = loss + aux_coef * aux / micro_batches_per_step(cfg)
-    return loss
+    return add_router_loss(loss, outputs, aux_coef, config, cfg, metrics)
 
 
 @hookimpl(specname="compute_loss")
