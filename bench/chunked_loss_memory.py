@@ -1,8 +1,12 @@
-"""Peak memory and time of one forward+backward with the plain loss vs chunked_cross_entropy (CPU or GPU).
+"""Peak memory and time of a training forward+backward: all logits at once vs the chunked loss (CPU or GPU).
 
-Each setting runs in its own process so that the peak resident memory (CPU) or the peak
-allocated memory (CUDA) belongs to that setting alone.  The model is a random Qwen3 with the
-tiny model's vocabulary (151,680 rows), so the logits dominate as they do in real fine-tuning.
+Settings: ``chunked_cross_entropy: false`` (the trained positions' logits at once), the default
+chunked loss (chunk size from a memory budget) and ``--chunks`` equal chunks.  Each setting runs
+in its own process so that the peak resident memory (CPU) or the peak allocated memory (CUDA)
+belongs to that setting alone; the first forward+backward gives the peak, the time is the median
+of ``--reps`` more.  Settings alternate over ``--repeats`` rounds, and the table shows medians.
+The model is a random Qwen3 with the tiny model's vocabulary (151,680 rows), so the logits
+dominate as they do in real fine-tuning.
 
     python bench/chunked_loss_memory.py [--seq 2048] [--hidden 256] [--layers 2] [--chunks 8]
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -20,8 +25,11 @@ from types import SimpleNamespace
 VOCAB = 151_680
 
 
-def one_run(seq: int, hidden: int, layers: int, chunks: int) -> dict:
-    """Build the model, run one training forward+backward, report time and peak memory."""
+def one_run(seq: int, hidden: int, layers: int, chunks: int, reps: int) -> dict:
+    """Build the model, run training forward+backward passes, report time and peak memory.
+
+    ``chunks``: 0 = all logits at once, -1 = the default chunk size, N = N equal chunks.
+    """
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -44,8 +52,8 @@ def one_run(seq: int, hidden: int, layers: int, chunks: int) -> dict:
     ids = torch.randint(0, VOCAB, (1, seq), device=device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     cfg = SimpleNamespace(
-        chunked_cross_entropy=chunks > 0,
-        chunked_cross_entropy_num_chunks=max(chunks, 1),
+        chunked_cross_entropy=chunks != 0,
+        chunked_cross_entropy_num_chunks=chunks if chunks > 0 else None,
         router_aux_loss_coef=None,
         gradient_accumulation_steps=1,
     )
@@ -54,17 +62,23 @@ def one_run(seq: int, hidden: int, layers: int, chunks: int) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
-    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=cfg)
-    loss.backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    seconds = []
+    for _ in range(reps + 1):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=cfg)
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        if len(seconds) == 1:
+            if device == "cuda":
+                peak = torch.cuda.max_memory_allocated() - base
+            else:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     return {
         "loss": float(loss),
-        "seconds": time.perf_counter() - start,
+        "seconds": statistics.median(seconds[1:]) if reps else seconds[0],
         "extra_peak_bytes": peak,
         "device": device,
     }
@@ -76,29 +90,38 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chunks", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3, help="timed passes after the first")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per setting, alternating")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one_run(args.seq, args.hidden, args.layers, args.one)))
+        print(json.dumps(one_run(args.seq, args.hidden, args.layers, args.one, args.reps)))
         return
-    rows = []
-    for chunks in (0, args.chunks):
-        command = [sys.executable, __file__, "--seq", str(args.seq), "--hidden", str(args.hidden)]
-        command += ["--layers", str(args.layers), "--one", str(chunks)]
-        result = json.loads(
-            subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
-        )
-        rows.append(
-            (f"chunked, {chunks} chunks" if chunks else "plain (logits at trained positions)", result)
-        )
-    device = rows[0][1]["device"]
-    print(f"one forward+backward, seq {args.seq}, vocab {VOCAB:,}, hidden {args.hidden}, {device}\n")
+    settings = {
+        0: "all trained positions' logits at once",
+        -1: "chunked (default chunk size)",
+        args.chunks: f"chunked, {args.chunks} chunks",
+    }
+    results: dict[int, list[dict]] = {chunks: [] for chunks in settings}
+    for _ in range(args.repeats):
+        for chunks in settings:
+            command = [sys.executable, __file__, "--seq", str(args.seq), "--hidden", str(args.hidden)]
+            command += ["--layers", str(args.layers), "--reps", str(args.reps), "--one", str(chunks)]
+            completed = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[chunks].append(json.loads(completed.stdout.splitlines()[-1]))
+    device = results[0][0]["device"]
+    print(
+        f"training forward+backward, seq {args.seq} (every position trained), vocab {VOCAB:,}, "
+        f"hidden {args.hidden}, {args.layers} layers, {device}; median of {args.repeats} process(es) "
+        f"x {args.reps} timed passes\n"
+    )
     print("| loss computation | loss | time (s) | extra peak memory (MiB) |")
     print("| --- | --- | --- | --- |")
-    for name, result in rows:
-        print(
-            f"| {name} | {result['loss']:.6f} | {result['seconds']:.2f} | {result['extra_peak_bytes'] / 2**20:,.0f} |"
-        )
+    for chunks, name in settings.items():
+        runs = results[chunks]
+        seconds = statistics.median(run["seconds"] for run in runs)
+        peak = statistics.median(run["extra_peak_bytes"] for run in runs)
+        print(f"| {name} | {runs[0]['loss']:.6f} | {seconds:.2f} | {peak / 2**20:,.0f} |")
 
 
 if __name__ == "__main__":

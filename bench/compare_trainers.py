@@ -9,6 +9,8 @@ the loss on assistant turns only (each turn's content and its ``<|im_end|>``):
   packing=...)``; packing uses TRL's default best-fit-decreasing strategy, which is padding-free;
 * ``hf-padded``: ``transformers.Trainer`` on rows tokenized by ``apply_chat_template`` (assistant
   mask from the template's ``{% generation %}`` markers), padded by ``DataCollatorForSeq2Seq``.
+* ``ftk-padded-unchunked`` / ``ftk-packed-unchunked`` (only when named in ``--setups``): ftk with
+  ``chunked_cross_entropy: false``, to measure what the default chunked loss changes.
 
 Rows longer than ``--sequence-len`` are removed before any setup sees the data, so no setup drops
 or truncates anything. Each run is a fresh Python process (so peak RSS and allocator state are
@@ -45,6 +47,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 SETUPS = ("ftk-padded", "ftk-packed", "trl-padded", "trl-packed", "hf-padded")
+# ftk with the loss over all trained positions' logits at once (chunked_cross_entropy off), to
+# measure what the chunked loss changes; not run unless named in --setups.
+UNCHUNKED = ("ftk-padded-unchunked", "ftk-packed-unchunked")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 WARMUP_STEPS = 3
 LOSS_WINDOW = 5
@@ -197,7 +202,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 # --- the setups ---------------------------------------------------------------------------------
 
 
-def run_ftk(args: argparse.Namespace, packed: bool, workdir: Path) -> RunResult:
+def run_ftk(args: argparse.Namespace, setup: str, workdir: Path) -> RunResult:
     """ftk's own run: ``run_training`` with a config; a probe plugin times it and counts tokens."""
     from rich.console import Console
     from transformers import AutoTokenizer
@@ -206,7 +211,8 @@ def run_ftk(args: argparse.Namespace, packed: bool, workdir: Path) -> RunResult:
     from ftk.core.hookspecs import hookimpl
     from ftk.core.train import run_training
 
-    result = RunResult("ftk-packed" if packed else "ftk-padded")
+    packed = setup.startswith("ftk-packed")
+    result = RunResult(setup)
     count = TokenCount(pad_token_id=AutoTokenizer.from_pretrained(args.model).pad_token_id)
     clock = step_clock(count)
     marks: dict[str, Any] = {}
@@ -245,7 +251,8 @@ def run_ftk(args: argparse.Namespace, packed: bool, workdir: Path) -> RunResult:
         f"warmup_steps: {WARMUP_STEPS}\noptimizer: adamw_torch\nweight_decay: 0.0\nmax_grad_norm: 1.0\n"
         "shuffle_merged_datasets: false\n"  # rows in file order, as the other setups see them
         f"dataset_processes: 1\nlogging_steps: 1\nseed: 42\noutput_dir: {workdir / 'out'}\n"
-        f"dataset_prepared_path: {workdir / 'prepared'}\n",
+        f"dataset_prepared_path: {workdir / 'prepared'}\n"
+        f"chunked_cross_entropy: {str(setup not in UNCHUNKED).lower()}\n",
         encoding="utf-8",
     )
     cfg, manager = load_config(config)
@@ -358,7 +365,7 @@ def worker(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.worker.startswith("ftk-"):
-            result = run_ftk(args, args.worker == "ftk-packed", workdir)
+            result = run_ftk(args, args.worker, workdir)
         elif args.worker.startswith("trl-"):
             result = run_trl(args, args.worker == "trl-packed", workdir)
         else:
@@ -486,7 +493,9 @@ def profile(args: argparse.Namespace) -> None:
 
     class StepProfiler(TrainerCallback):
         def __init__(self) -> None:
-            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+            )
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == 2:
@@ -527,7 +536,11 @@ def profile(args: argparse.Namespace) -> None:
 
             run_training(cfg, manager, console=Console(quiet=True))
         print(f"\n## ftk {'packed' if packed else 'padded'}: steps 3-5, top operators by self CPU time")
-        print(callback.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+        print(
+            callback.profiler.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=18
+            )
+        )
 
 
 def main() -> int:
@@ -541,10 +554,10 @@ def main() -> int:
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every run")
-    parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
+    parser.add_argument("--setups", nargs="+", choices=SETUPS + UNCHUNKED, default=list(SETUPS))
     parser.add_argument("--json-out", type=Path, help="also write every run and the medians here")
     parser.add_argument("--profile", action="store_true", help="profile the ftk setups instead")
-    parser.add_argument("--worker", choices=SETUPS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SETUPS + UNCHUNKED, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -6,11 +6,12 @@ Each template runs on the tiny model's tokenizer (Qwen BPE) with that family's c
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.errors import FtkError, RowError
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
-from ftk.prompt_strategies.templates import BUILTIN_TEMPLATES
+from ftk.prompt_strategies.templates import BUILTIN_TEMPLATES, resolve_chat_template
 
 X = -100
 NL, NL2 = 198, 271  # "\n", "\n\n"
@@ -237,5 +238,11 @@ def test_without_system_message_gemma_starts_with_the_user(tokenizers):
 
 
 def test_unknown_builtin_name_lists_the_choices(tokenizers):
-    with pytest.raises(FtkError, match="chatml, gemma, llama3, mistral, qwen3"):
+    # A dataset's options reject it when the config is read...
+    with pytest.raises(
+        ValidationError, match="unknown template 'vicuna'.*chatml, gemma, llama3, mistral, qwen3"
+    ):
         chat_tokenizer(tokenizers["chatml"], "vicuna")
+    # ... and so does the template lookup, for a name that reaches it some other way.
+    with pytest.raises(FtkError, match="chat_template: unknown template 'vicuna'.*chatml, gemma, llama3"):
+        resolve_chat_template("vicuna", None, tokenizers["chatml"])

@@ -1,4 +1,4 @@
-"""Chunked cross-entropy: the same loss and gradients as the plain loss, never all logits at once."""
+"""Chunked cross-entropy (the default loss): the same loss and gradients as all logits at once."""
 
 from __future__ import annotations
 
@@ -7,23 +7,34 @@ from types import SimpleNamespace
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+)
 
+from ftk.core.config.schema import FtkConfig
+from ftk.plugins.chunked_cross_entropy import rows_per_chunk
 from ftk.plugins.loss import causal_lm_loss, compute_loss
 
 
-def chunked_cfg(num_chunks: int) -> SimpleNamespace:
+def loss_cfg(chunked: bool, num_chunks: int | None = None) -> SimpleNamespace:
     return SimpleNamespace(
-        chunked_cross_entropy=True,
+        chunked_cross_entropy=chunked,
         chunked_cross_entropy_num_chunks=num_chunks,
         router_aux_loss_coef=None,
         gradient_accumulation_steps=1,
     )
 
 
-def padded_batch() -> dict[str, torch.Tensor]:
+PLAIN = loss_cfg(chunked=False)
+
+
+def padded_batch(vocab: int = 5000) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    ids = torch.randint(0, 5000, (2, 24))
+    ids = torch.randint(0, vocab, (2, 24))
     labels = ids.clone()
     labels[:, :5] = -100
     labels[1, 18:] = -100
@@ -43,32 +54,70 @@ def packed_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "position_ids": position_ids, "labels": labels}
 
 
-def gradients(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+def loss_and_gradients(model, inputs, cfg) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=7, cfg=cfg)
+    loss.backward()
+    return loss.item(), gradients(model)
+
+
+def assert_same_as_plain(model, inputs, cfg, atol: float = 1e-5) -> float:
+    plain_loss, plain_grads = loss_and_gradients(model, inputs, PLAIN)
+    chunked_loss, chunked_grads = loss_and_gradients(model, inputs, cfg)
+    assert chunked_loss == pytest.approx(plain_loss, abs=atol)
+    assert chunked_grads.keys() == plain_grads.keys() and plain_grads
+    for name, grad in chunked_grads.items():
+        # Float32 summation order differs; the tolerance follows the gradient's own scale.
+        scale = max(1.0, plain_grads[name].abs().max().item())
+        torch.testing.assert_close(
+            grad, plain_grads[name], atol=atol * scale, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
+    return chunked_loss
+
+
+ADAPTERS = {
+    "full": None,  # the tied embedding/head is trained: its gradient comes from both uses
+    "lora": LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    "lora-on-head": LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False),
+}
+
+
+@pytest.mark.parametrize("num_chunks", [3, None], ids=["3-chunks", "automatic"])
 @pytest.mark.parametrize("make_batch", [padded_batch, packed_batch], ids=["padded", "packed"])
-@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
-def test_chunked_loss_equals_the_plain_loss_and_gradients(tiny_model_dir, make_batch, adapter):
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=list(ADAPTERS))
+def test_chunked_loss_equals_the_plain_loss_and_gradients(tiny_model_dir, make_batch, adapter, num_chunks):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    if adapter:
-        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    if ADAPTERS[adapter] is not None:
+        model = get_peft_model(model, ADAPTERS[adapter])
     model.train()
-    inputs = make_batch()
+    assert_same_as_plain(model, make_batch(), loss_cfg(chunked=True, num_chunks=num_chunks))
+    if adapter == "lora-on-head":  # the head's own LoRA weights got their gradient through the chunks
+        head_grads = [n for n in gradients(model) if "lm_head" in n]
+        assert len(head_grads) == 2
 
-    plain = compute_loss(model=model, inputs=inputs, num_items_in_batch=7)
-    plain.backward()
-    plain_grads = gradients(model)
-    model.zero_grad()
-    chunked = compute_loss(model=model, inputs=inputs, num_items_in_batch=7, cfg=chunked_cfg(3))
-    chunked.backward()
-    chunked_grads = gradients(model)
 
-    assert chunked.item() == pytest.approx(plain.item(), abs=1e-5)
-    assert len(chunked_grads) == len(plain_grads) > 0
-    for a, b in zip(chunked_grads, plain_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+def test_default_config_and_no_config_use_the_chunked_loss(tiny_model_dir):
+    assert FtkConfig(base_model="m", datasets=[{"path": "d.jsonl"}]).chunked_cross_entropy is True
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rows_seen: list[int] = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
+    )
+    model.get_output_embeddings().weight.requires_grad_(False)  # the head is frozen, as under LoRA
+    compute_loss(model=model, inputs=padded_batch(), num_items_in_batch=None).backward()
+    # 32 trained positions at 27 rows per chunk (16 MiB of float32 logits over 151,680 tokens);
+    # the first call is the model's own single kept position per row.
+    assert rows_seen == [2, 27, 5]
+
+    rows_seen.clear()
+    model.get_output_embeddings().weight.requires_grad_(True)  # full fine-tuning trains the head
+    compute_loss(model=model, inputs=padded_batch(), num_items_in_batch=None).backward()
+    assert rows_seen == [2, 32]  # chunks of at least the hidden size (64) rows
 
 
 def test_chunked_loss_never_holds_more_than_one_chunk_of_logits(tiny_model_dir):
@@ -79,16 +128,99 @@ def test_chunked_loss_never_holds_more_than_one_chunk_of_logits(tiny_model_dir):
     handle = model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
     )
-    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=chunked_cfg(4))
+    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=loss_cfg(True, 4))
     loss.backward()
     handle.remove()
     chunk = -(-trained // 4)
-    # Forward: one head call for the model's own single kept position, then one per chunk;
-    # backward: each chunk recomputed.  No call ever sees more rows than one chunk.
-    assert max(rows_seen) <= max(chunk, inputs["input_ids"].size(0))
-    assert sum(rows_seen[1:5]) == trained
-    assert len(rows_seen) == 1 + 4 + 4
+    # Forward: one head call for the model's own single kept position per row, then one per
+    # chunk; the backward pass recomputes nothing (the chunks' gradients were taken on the way).
+    assert rows_seen == [2, chunk, chunk, chunk, trained - 3 * chunk]
     reference = causal_lm_loss(
         model(**{k: v for k, v in inputs.items() if k != "labels"}).logits, inputs["labels"], None
     )
     assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+
+
+def test_a_sharded_head_is_recomputed_chunk_by_chunk_through_its_own_forward(tiny_model_dir):
+    """DeepSpeed ZeRO-3 marks parameters with ``ds_id``; their head must run through its hooks again."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).train()
+    inputs = padded_batch()
+    plain_loss, plain_grads = loss_and_gradients(model, inputs, PLAIN)
+    model.get_output_embeddings().weight.ds_id = 0
+    rows_seen: list[int] = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
+    )
+    loss, grads = loss_and_gradients(model, inputs, loss_cfg(True, 2))
+    assert rows_seen == [2, 16, 16, 16, 16]  # forward, then each chunk again in backward
+    assert loss == pytest.approx(plain_loss, abs=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-5, rtol=1e-4)
+
+
+SMALL = dict(
+    vocab_size=512,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: Gemma2ForCausalLM(Gemma2Config(**SMALL, final_logit_softcapping=2.0)),
+        lambda: GraniteForCausalLM(
+            GraniteConfig(**{k: v for k, v in SMALL.items() if k != "head_dim"}, logits_scaling=4.0)
+        ),
+    ],
+    ids=["gemma2-softcap", "granite-scaling"],
+)
+def test_families_that_transform_their_logits(model):
+    torch.manual_seed(0)
+    model = model().train()
+    with torch.no_grad():  # spread the logits, so that the transform matters
+        model.get_output_embeddings().weight.mul_(20.0)
+    loss = assert_same_as_plain(model, padded_batch(512), loss_cfg(True, 3))
+    assert loss > 0.5
+
+
+def test_evaluation_without_gradients_matches_and_keeps_no_graph(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    inputs = padded_batch()
+    with torch.no_grad():
+        chunked = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=loss_cfg(True, 3))
+        plain = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=PLAIN)
+    assert not chunked.requires_grad
+    assert chunked.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_rows_per_chunk():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert rows_per_chunk(1000, 151_680, cpu) == 27  # 16 MiB of float32 logits
+    assert rows_per_chunk(1000, 32_000, cpu) == 131
+    assert rows_per_chunk(1000, 151_680, gpu) == 442  # 256 MiB
+    assert rows_per_chunk(1000, 151_680, cpu, num_chunks=8) == 125
+    assert rows_per_chunk(5, 151_680, cpu, num_chunks=8) == 1
+    assert rows_per_chunk(1, 10_000_000, cpu) == 1
+    assert rows_per_chunk(1000, 151_680, cpu, min_rows=256) == 256  # a trained head: hidden size 256
+    assert rows_per_chunk(1000, 151_680, cpu, num_chunks=8, min_rows=256) == 125
+
+
+def test_bfloat16_model_matches_the_plain_loss(tiny_model_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(
+        model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    ).train()
+    plain_loss, plain_grads = loss_and_gradients(model, packed_batch(), PLAIN)
+    chunked_loss, chunked_grads = loss_and_gradients(model, packed_batch(), loss_cfg(True, 3))
+    assert chunked_loss == pytest.approx(plain_loss, rel=1e-3)
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # the head runs in bf16
+    for name, grad in chunked_grads.items():
+        assert grad.dtype == plain_grads[name].dtype
+        torch.testing.assert_close(grad, plain_grads[name], atol=2e-2, rtol=2e-2, msg=name)

@@ -168,3 +168,31 @@ def test_custom_strategy_import_error_is_reported_as_itself(tmp_path):
     (line,) = errors_of(path)
     assert "ftk_dependency_that_does_not_exist" in line
     assert "unknown strategy" not in line
+
+
+def test_misspelt_chat_template_names_are_caught_at_validation(tmp_path):
+    choices = "choose tokenizer_default, jinja or one of chatml, gemma, llama3, mistral, qwen3"
+    path = write(
+        tmp_path,
+        """\
+        base_model: some/model
+        chat_template: chatlm
+        datasets:
+          - path: data.jsonl
+            type: chat_template
+            chat_template: lama3
+          - path: data.jsonl
+            type: alpaca
+            prompt_style: chat_template
+            chat_template: qwen
+        """,
+    )
+    assert errors_of(path) == [
+        f"{path}:2: chat_template: unknown template 'chatlm' (did you mean 'chatml'?); {choices}",
+        f"{path}:6: datasets[0].chat_template: unknown template 'lama3' (did you mean 'llama3'?); "
+        f"{choices} (got 'lama3')",
+        f"{path}:10: datasets[1].chat_template: unknown template 'qwen' (did you mean 'qwen3'?); "
+        f"{choices} (got 'qwen')",
+    ]
+    good = BASE + "chat_template: tokenizer_default\n"
+    assert load_config(write(tmp_path, good, "good.yaml"))[0].chat_template == "tokenizer_default"

@@ -231,3 +231,39 @@ def test_tokenizer_change_misses_the_cache(tmp_path, tiny_model_dir, tokenizer):
     grown.add_special_tokens({"additional_special_tokens": ["<|new_token|>"]})
     changed = prepare(cfg, grown)
     assert not changed.from_cache and changed.cache_dir != first.cache_dir
+
+
+STRATEGY = """
+def build(dataset, tokenizer, cfg):
+    def to_features(row):
+        ids = tokenizer(row["text"]{change}, add_special_tokens=False)["input_ids"]
+        return {{"input_ids": ids, "labels": ids}}
+
+    return to_features
+"""
+
+
+def test_editing_a_custom_strategy_prepares_the_data_again(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
+    """The cache key covers the code of the file that defines a ``type: module.function`` strategy."""
+    import importlib
+    import sys
+
+    module_dir = tmp_path / "code"
+    module_dir.mkdir()
+    (module_dir / "my_strategy.py").write_text(STRATEGY.format(change=""), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(module_dir))
+    data = write_jsonl(tmp_path / "notes.jsonl", [{"text": "hello world"}, {"text": "second note"}])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {data}\n    type: my_strategy.build\n"
+        f"dataset_prepared_path: {tmp_path / 'prepared'}\noutput_dir: {tmp_path / 'out'}\n"
+    )
+    first = prepare(cfg, tokenizer)
+    assert prepare(cfg, tokenizer).from_cache  # unchanged code: the cache is reused
+
+    (module_dir / "my_strategy.py").write_text(STRATEGY.format(change=".upper()"), encoding="utf-8")
+    importlib.reload(sys.modules["my_strategy"])
+    edited = prepare(cfg, tokenizer)
+    assert edited.cache_dir != first.cache_dir and not edited.from_cache
+    assert tokenizer("HELLO WORLD", add_special_tokens=False)["input_ids"] in edited.train["input_ids"]
+    assert tokenizer("hello world", add_special_tokens=False)["input_ids"] not in edited.train["input_ids"]

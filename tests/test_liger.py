@@ -157,6 +157,10 @@ def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
         f"{path}:{line + 1}: liger_fused_linear_cross_entropy: cannot be combined with chunked_cross_entropy "
         "(both replace the loss); choose one",
     ]
+    # chunked_cross_entropy is on by default: left unset, Liger's fused loss simply replaces it.
+    path = write_config(tmp_path / "cfg.yaml", "unused", "liger_fused_linear_cross_entropy: true\n")
+    cfg, _ = load_config(path, manager=manager_with_liger())
+    assert cfg.chunked_cross_entropy and liger_plugin.key_problems(cfg) == []
 
 
 @no_gpu_only

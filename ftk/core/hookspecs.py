@@ -47,6 +47,16 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 @hookspec
+def check_environment(cfg: FtkConfig) -> None:
+    """Raise an FtkError naming the key when this machine cannot run what ``cfg`` asks for.
+
+    For what a config cannot show: a GPU, an installed library, a compute capability, a number
+    of processes.  ``ftk train`` calls it first, before any data is prepared, so that a run that
+    cannot start fails at once rather than after the preprocessing.
+    """
+
+
+@hookspec
 def register_prompt_strategies(register: StrategyRegistrar) -> None:
     """Add dataset strategies usable as ``type:``: ``register("name", build, options_model)``."""
 

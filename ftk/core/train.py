@@ -141,6 +141,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     if rank() != 0:  # one process speaks for the run
         console = Console(quiet=True)
     hooks = manager.hook
+    hooks.check_environment(cfg=cfg)  # a run this machine cannot do fails before the data work
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg, hooks)

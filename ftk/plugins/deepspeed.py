@@ -249,15 +249,23 @@ def register_config_sections(register: SectionRegistrar) -> None:
 
 
 @hookimpl
-def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
-    """``{"deepspeed": config}`` after the config, install and GPU checks; nothing without ``deepspeed:``."""
-    config = deepspeed_config(cfg)
-    if config is None:
-        return {}
+def check_environment(cfg: FtkConfig) -> None:
+    """Before any data work: DeepSpeed installed, a GPU, and the preset fits the process count."""
+    if deepspeed_config(cfg) is None:
+        return
     raise_problems(config_problems(cfg, processes=world_size()))
     problem = runtime_problem(deepspeed_installed(), torch.cuda.device_count())
     if problem is not None:
         raise FtkError(problem)
+
+
+@hookimpl
+def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
+    """``{"deepspeed": config}`` after the checks of :func:`check_environment`; nothing without ``deepspeed:``."""
+    config = deepspeed_config(cfg)
+    if config is None:
+        return {}
+    check_environment(cfg)
     os.environ.update(one_process_group_env(os.environ))
     return {SECTION: config}
 

@@ -304,16 +304,24 @@ def register_config_sections(register: SectionRegistrar) -> None:
 
 
 @hookimpl
-def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
-    """``fsdp`` and ``fsdp_config`` after the config and GPU checks; nothing when FSDP is off."""
+def check_environment(cfg: FtkConfig) -> None:
+    """Before any data work: the FSDP keys fit together and there are GPUs to shard over."""
     problems = config_problems(cfg)
-    settings = fsdp_settings(cfg)
-    if settings is None and not problems:
-        return {}
+    if fsdp_settings(cfg) is None and not problems:
+        return
     raise_problems(problems)
     problem = runtime_problem(torch.cuda.device_count())
     if problem is not None:
         raise FtkError(problem)
+
+
+@hookimpl
+def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
+    """``fsdp`` and ``fsdp_config`` after the checks of :func:`check_environment`; nothing when FSDP is off."""
+    check_environment(cfg)
+    settings = fsdp_settings(cfg)
+    if settings is None:
+        return {}
     os.environ.update(one_process_group_env(os.environ))
     return fsdp_training_arguments(settings)
 

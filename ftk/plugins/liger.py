@@ -152,7 +152,8 @@ def key_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
                 f"cannot be combined with {FUSED_KEY}, which computes the cross-entropy itself; turn one off",
             )
         )
-    if switches[FUSED_KEY] and cfg.chunked_cross_entropy:
+    # chunked_cross_entropy is on by default; only a config that asks for it contradicts Liger's loss.
+    if switches[FUSED_KEY] and cfg.chunked_cross_entropy and "chunked_cross_entropy" in cfg.model_fields_set:
         problems.append(
             (
                 (FUSED_KEY,),
@@ -332,6 +333,15 @@ def register_config_sections(register: SectionRegistrar) -> None:
 def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
     """Report Liger keys that contradict other keys at validate time."""
     return key_problems(cfg)
+
+
+@hookimpl
+def check_environment(cfg: FtkConfig) -> None:
+    """A GPU, liger-kernel and Triton, when a Liger key is on."""
+    on = [key for key, value in selected_kernels(cfg).items() if value]
+    problem = liger.environment_problem() if on else None
+    if problem is not None:
+        raise FtkError(f"{on[0]}: {problem}")
 
 
 @hookimpl

@@ -1,10 +1,11 @@
 """The default loss: cross-entropy averaged over the trained tokens of the whole optimizer step.
 
-Logits are computed only at positions whose next token is trained (transformers'
-``logits_to_keep`` with a boolean mask), so the output head and the softmax over a large
-vocabulary cost nothing for prompt and padding positions.  The result is exactly the loss over
-full logits.  With ``chunked_cross_entropy`` even those logits are never held at once
-(``ftk.plugins.chunked_cross_entropy``).
+Logits are computed only at positions whose next token is trained, so the output head and the
+softmax over a large vocabulary cost nothing for prompt and padding positions.  By default
+(``chunked_cross_entropy``) those positions go through the head in chunks whose gradients are
+computed on the way, so the logits of a whole micro-batch never exist at once
+(``ftk.plugins.chunked_cross_entropy``); with it off, transformers' ``logits_to_keep`` with a
+boolean mask gives them all at once.  Either way the result is the loss over full logits.
 
 Mixture-of-experts models also get their router load-balancing loss in training (not in
 evaluation): ``coef * aux_loss`` with ``coef`` from ``router_aux_loss_coef`` (default: the model's
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
-from ftk.plugins.chunked_cross_entropy import chunked_summed_cross_entropy
+from ftk.plugins.chunked_cross_entropy import chunked_summed_cross_entropy, rows_per_chunk
 
 if TYPE_CHECKING:
     from ftk.core.config.schema import FtkConfig
@@ -92,6 +93,12 @@ def logit_transform(model_config: Any) -> tuple[float, float | None]:
         scale *= float(text.lm_head_multiplier)
     softcap = getattr(text, "final_logit_softcapping", None)
     return scale, float(softcap) if softcap else None
+
+
+def vocab_size(model_config: Any) -> int:
+    """Width of the model's logits (the text config's ``vocab_size``)."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return int(text.vocab_size)
 
 
 def has_router(model_config: Any) -> bool:
@@ -167,19 +174,24 @@ def compute_loss(
     features = {key: value for key, value in inputs.items() if key != "labels"}
     config = causal_lm(model).config
     aux_coef = request_router_loss(cfg, config, model, features)
-    chunked = cfg is not None and cfg.chunked_cross_entropy
+    chunked = cfg is None or cfg.chunked_cross_entropy
     if chunked and labels.dim() == 2 and _accepts_logits_to_keep(type(causal_lm(model))):
         # The decoder runs as usual (through any DDP/peft wrapper); the head is applied chunk by chunk.
         keep = trained_position_mask(labels)
         outputs = model(**features, logits_to_keep=1, output_hidden_states=True, use_cache=False)
         targets = labels[:, 1:][keep[:, :-1]]
         scale, softcap = logit_transform(config)
+        hidden = outputs.hidden_states[-1][keep]
+        head = causal_lm(model).get_output_embeddings()
+        rows = rows_per_chunk(
+            hidden.size(0),
+            vocab_size(config),
+            hidden.device,
+            cfg.chunked_cross_entropy_num_chunks if cfg is not None else None,
+            min_rows=hidden.size(-1) if any(p.requires_grad for p in head.parameters()) else 1,
+        )
         total = chunked_summed_cross_entropy(
-            outputs.hidden_states[-1][keep] * scale if scale != 1.0 else outputs.hidden_states[-1][keep],
-            targets,
-            causal_lm(model).get_output_embeddings(),
-            cfg.chunked_cross_entropy_num_chunks,
-            softcap=softcap,
+            hidden * scale if scale != 1.0 else hidden, targets, head, rows, softcap=softcap
         )
         loss = normalise(total, targets, num_items_in_batch)
     elif labels.dim() == 2 and _accepts_logits_to_keep(type(causal_lm(model))):

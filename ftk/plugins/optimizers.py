@@ -100,11 +100,16 @@ def import_optional(module: str, extra: str, key: str, purpose: str) -> ModuleTy
         raise FtkError(f"{key}: {purpose} needs {module.split('.')[0]}: pip install 'ftk[{extra}]'") from exc
 
 
-def bnb_adamw_8bit(cfg: FtkConfig, groups: list[dict], model: torch.nn.Module) -> torch.optim.Optimizer:
-    """bitsandbytes' 8-bit AdamW (CUDA only); embedding matrices keep 32-bit optimizer state."""
+def import_bnb_optim() -> ModuleType:
+    """``bitsandbytes.optim``, after checking for a CUDA GPU (its 8-bit AdamW needs one)."""
     if not torch.cuda.is_available():
         raise FtkError("optimizer: adamw_bnb_8bit needs a CUDA GPU and none is available; use adamw_torch")
-    bnb_optim = import_optional("bitsandbytes.optim", "bnb", "optimizer", "adamw_bnb_8bit")
+    return import_optional("bitsandbytes.optim", "bnb", "optimizer", "adamw_bnb_8bit")
+
+
+def bnb_adamw_8bit(cfg: FtkConfig, groups: list[dict], model: torch.nn.Module) -> torch.optim.Optimizer:
+    """bitsandbytes' 8-bit AdamW (CUDA only); embedding matrices keep 32-bit optimizer state."""
+    bnb_optim = import_bnb_optim()
     optimizer = bnb_optim.AdamW8bit(
         groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon
     )
@@ -126,6 +131,13 @@ def adafactor(cfg: FtkConfig, groups: list[dict]) -> torch.optim.Optimizer:
     return Adafactor(
         groups, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
     )
+
+
+@hookimpl
+def check_environment(cfg: FtkConfig) -> None:
+    """Before any data work: an 8-bit AdamW needs a CUDA GPU and bitsandbytes."""
+    if cfg.optimizer == "adamw_bnb_8bit":
+        import_bnb_optim()
 
 
 @hookimpl

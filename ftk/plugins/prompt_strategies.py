@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ftk.core.hookspecs import hookimpl
 from ftk.core.registry import StrategyRegistrar
 from ftk.prompt_strategies import alpaca, chat_template, completion, input_output
+from ftk.prompt_strategies.templates import template_name_problem
+
+if TYPE_CHECKING:
+    from ftk.core.config.schema import FtkConfig
 
 
 @hookimpl
@@ -14,3 +20,10 @@ def register_prompt_strategies(register: StrategyRegistrar) -> None:
     register("alpaca", alpaca.build, alpaca.AlpacaOptions)
     register("completion", completion.build, completion.CompletionOptions)
     register("input_output", input_output.build, input_output.InputOutputOptions)
+
+
+@hookimpl
+def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
+    """A top-level ``chat_template`` that names no template ftk knows (caught at validation)."""
+    problem = template_name_problem(cfg.chat_template)
+    return [(("chat_template",), problem)] if problem else []

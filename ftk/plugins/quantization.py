@@ -302,12 +302,18 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
     return [((key,), message) for key, message in problems(cfg)]
 
 
-@hookimpl
-def pre_model_load(cfg: FtkConfig) -> None:
-    """Stop before loading when this machine cannot quantize as the config asks."""
+@hookimpl(specname="check_environment")
+def check_machine(cfg: FtkConfig) -> None:
+    """Before any data work: stop when this machine cannot quantize as the config asks."""
     quant = resolve(cfg)
     if quant is not None:
         check_environment(quant)
+
+
+@hookimpl
+def pre_model_load(cfg: FtkConfig) -> None:
+    """Stop before loading when this machine cannot quantize as the config asks (``ftk eval`` too)."""
+    check_machine(cfg)
 
 
 @hookimpl

@@ -37,6 +37,7 @@ from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import RowError
 from ftk.prompt_strategies.chat_template import IGNORE_INDEX, ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
+from ftk.prompt_strategies.templates import known_template_name
 
 PREAMBLE_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -69,6 +70,8 @@ class AlpacaOptions(StrictModel):
     chat_template_jinja: str | None = Field(
         None, description="With prompt_style chat_template: overrides the top-level template text."
     )
+
+    _known_template = field_validator("chat_template")(known_template_name)
 
     @field_validator("chat_template", "chat_template_jinja")
     @classmethod

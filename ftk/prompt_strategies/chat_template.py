@@ -18,14 +18,14 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 from jinja2 import TemplateError
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import FtkError, RowError
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
 from ftk.prompt_strategies.chat_rows import REASONING, REASONING_KEYS, MessageReader, read_tools
-from ftk.prompt_strategies.templates import resolve_chat_template
+from ftk.prompt_strategies.templates import known_template_name, resolve_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class ChatTemplateOptions(StrictModel):
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra template variables, e.g. {enable_thinking: false}."
     )
+
+    _known_template = field_validator("chat_template")(known_template_name)
 
 
 class Chunk(NamedTuple):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic_core import PydanticCustomError
 from transformers import PreTrainedTokenizerBase
 
 from ftk.core.errors import FtkError
@@ -172,6 +173,29 @@ BUILTIN_TEMPLATES: dict[str, str] = {
 }
 
 
+TEMPLATE_CHOICES = ("tokenizer_default", "jinja")
+
+
+def template_name_problem(name: str | None) -> str | None:
+    """Why ``name`` is not a ``chat_template`` value ftk knows (with a "did you mean"), or None."""
+    if name is None or name in TEMPLATE_CHOICES or name in BUILTIN_TEMPLATES:
+        return None
+    from ftk.core.config.loader import suggest
+
+    return (
+        f"unknown template {name!r}{suggest(name, [*TEMPLATE_CHOICES, *BUILTIN_TEMPLATES])}; choose "
+        f"tokenizer_default, jinja or one of {', '.join(sorted(BUILTIN_TEMPLATES))}"
+    )
+
+
+def known_template_name(name: str | None) -> str | None:
+    """``name`` unchanged when ftk knows it; a pydantic error (shown as a config error) otherwise."""
+    problem = template_name_problem(name)
+    if problem is not None:
+        raise PydanticCustomError("chat_template", problem)
+    return name
+
+
 def resolve_chat_template(name: str | None, jinja: str | None, tokenizer: PreTrainedTokenizerBase) -> str:
     """The Jinja text for ``chat_template`` (+ ``chat_template_jinja``) with this tokenizer.
 
@@ -193,7 +217,4 @@ def resolve_chat_template(name: str | None, jinja: str | None, tokenizer: PreTra
         return path.read_text(encoding="utf-8") if "{" not in jinja and path.is_file() else jinja
     if name in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[name]
-    raise FtkError(
-        f"chat_template: unknown template {name!r}; choose tokenizer_default, jinja or one of "
-        f"{', '.join(sorted(BUILTIN_TEMPLATES))}"
-    )
+    raise FtkError(f"chat_template: {template_name_problem(name)}")

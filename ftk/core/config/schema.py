@@ -166,12 +166,17 @@ class FtkConfig(StrictModel):
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere or newer GPUs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     chunked_cross_entropy: bool = Field(
-        False,
-        description="Compute the loss over the vocabulary chunk by chunk, never holding all logits "
-        "(less memory with large vocabularies, a little more compute).",
+        True,
+        description="Run the output head and the loss over the trained positions in chunks, each "
+        "chunk's gradients computed at once, so the logits of a micro-batch never exist whole "
+        "(less memory and, on CPU, faster; off: all trained positions' logits at once).",
     )
-    chunked_cross_entropy_num_chunks: int = Field(
-        8, gt=0, description="Chunks the trained positions of a micro-batch are split into."
+    chunked_cross_entropy_num_chunks: int | None = Field(
+        None,
+        gt=0,
+        description="Chunks the trained positions of a micro-batch are split into (default: "
+        "chunks of 16 MiB of float32 logits on CPU, 256 MiB on a GPU, at least hidden-size "
+        "positions when the head trains).",
     )
 
     # --- output, eval, logging ---

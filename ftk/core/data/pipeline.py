@@ -1,7 +1,7 @@
 """From config to tokenized train/eval sets: load, tokenize per dataset, filter, mix, split, cache.
 
 The cache key covers everything that decides the result: each source's bytes, each dataset entry
-(strategy and its settings), the tokenizer (vocabulary, special tokens, chat template), every
+(strategy and its settings), the code of the file that defines each strategy, the tokenizer (vocabulary, special tokens, chat template), every
 top-level key that changes tokens, labels or the split, and the ftk version.  A hit is never stale.
 The cache entry is a folder with ``train`` (and ``eval``) saved by ``datasets``, so it loads with
 ``datasets.load_from_disk``, and ``ftk_meta.json`` with the counts.
@@ -10,6 +10,7 @@ The cache entry is a folder with ``train`` (and ``eval``) saved by ``datasets``,
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -24,12 +25,13 @@ from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
 from ftk import __version__
+from ftk.core.config.loader import resolve_strategy
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.data.packing import pack_lengths, packing_efficiency
 from ftk.core.data.sources import load_source, source_fingerprint
 from ftk.core.data.tokenize import SourceStats, tokenize_source
 from ftk.core.errors import FtkError
-from ftk.core.registry import Registry
+from ftk.core.registry import Registry, Strategy
 
 META_FILE = "ftk_meta.json"
 
@@ -97,10 +99,31 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return digest.hexdigest()
 
 
-def cache_key(cfg: FtkConfig, tokenizer_digest: str, source_digests: list[str]) -> str:
+def strategy_fingerprint(strategy: Strategy) -> str:
+    """Digest of the source file that defines the strategy's build function (its code, as edited).
+
+    A strategy spread over several modules is covered only through the file of its ``build``; a
+    strategy with no readable source (compiled, or defined interactively) gets its name only.
+    """
+    try:
+        path = inspect.getsourcefile(inspect.unwrap(strategy.build))
+    except TypeError:
+        path = None
+    if path is None or not Path(path).is_file():
+        return f"{strategy.name}:no-source"
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cache_key(
+    cfg: FtkConfig,
+    tokenizer_digest: str,
+    source_digests: list[str],
+    strategy_digests: list[str] | None = None,
+) -> str:
     """The cache folder name for this config's data."""
     settings = {
         "ftk": __version__,
+        "strategy_code": strategy_digests or [],
         "datasets": [dataset.model_dump(mode="json") for dataset in cfg.datasets],
         "test_datasets": [dataset.model_dump(mode="json") for dataset in cfg.test_datasets],
         "sources": source_digests,
@@ -191,7 +214,10 @@ def prepare_data(
         eval_raws = [load_source(d, f"test_datasets[{i}]") for i, d in enumerate(cfg.test_datasets)]
     entries = [*cfg.datasets, *cfg.test_datasets]
     digests = [source_fingerprint(d, raw) for d, raw in zip(entries, [*raws, *eval_raws], strict=True)]
-    directory = Path(cfg.dataset_prepared_path) / cache_key(cfg, tokenizer_fingerprint(tokenizer), digests)
+    strategies = [strategy_fingerprint(resolve_strategy(registry, d.type)) for d in entries]
+    directory = Path(cfg.dataset_prepared_path) / cache_key(
+        cfg, tokenizer_fingerprint(tokenizer), digests, strategies
+    )
     if use_cache:
         with quiet_datasets():
             cached = _load_cached(directory)

@@ -1,0 +1,64 @@
+"""A run this machine cannot do stops before any data is prepared (the ``check_environment`` hook).
+
+Each config below is valid but needs something this CPU machine lacks.  Its dataset does not
+exist, so an error about the data would mean the data work started first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftk.cli import main
+from ftk.integrations import liger as liger_integration
+from ftk.plugins import deepspeed as deepspeed_plugin
+
+CASES = {
+    "liger": (
+        "liger_rope: true\n",
+        "error: liger_rope: ",
+        liger_integration.gpu_available(),
+    ),
+    "bnb-8bit-adamw": (
+        "optimizer: adamw_bnb_8bit\n",
+        "error: optimizer: adamw_bnb_8bit needs a CUDA GPU and none is available; use adamw_torch",
+        torch.cuda.is_available(),
+    ),
+    "deepspeed": (
+        "deepspeed: zero2\n",
+        "error: deepspeed: "
+        + (
+            "DeepSpeed trains on CUDA GPUs and none is visible; remove deepspeed to train on the CPU"
+            if deepspeed_plugin.deepspeed_installed()
+            else "is set but DeepSpeed is not installed: pip install 'ftk[deepspeed]'"
+        ),
+        torch.cuda.is_available(),
+    ),
+    "fsdp": (
+        "fsdp: {}\n",
+        "error: fsdp: FSDP2 runs on CUDA GPUs and none is visible",
+        torch.cuda.is_available(),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_the_machine_is_checked_before_the_data(tmp_path: Path, tiny_model_dir: Path, capsys, case: str):
+    body, expected, machine_can = CASES[case]
+    if machine_can:
+        pytest.skip("this machine can run it")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {tmp_path / 'missing.jsonl'}\n"
+        f"adapter: lora\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
+        + body,
+        encoding="utf-8",
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected)
+    assert "missing.jsonl" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "prepared").exists()
