@@ -28,17 +28,14 @@ from ftk.core.errors import FtkError
 from ftk.core.plugins import create_plugin_manager
 from ftk.core.train import training_arguments
 from ftk.plugins.advisor import (
-    RULE_NAMES,
-    RULES,
     AdvisorCallback,
-    RunFacts,
     count_parameters,
-    evaluate,
     find_callback,
     gather_facts,
     is_moe,
     optimizer_steps,
 )
+from ftk.plugins.advisor_rules import RULE_NAMES, RULES, RunFacts, evaluate
 from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]

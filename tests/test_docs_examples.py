@@ -11,12 +11,12 @@ import yaml
 from ftk.core.config.loader import load_config
 from ftk.core.errors import FtkError
 from ftk.core.plugins import FtkPluginManager
-from ftk.plugins import advisor
+from ftk.plugins import advisor_rules as advisor
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
-# `NAME = value` in backticks, where NAME is an upper-case constant of the advisor module.
+# `NAME = value` in backticks, where NAME is an upper-case constant of the advisor's rules module.
 QUOTED_CONSTANT = re.compile(r"`([A-Z][A-Z_]+) = ([^`]+)`")
 PAGES = ("quickstart.md", "datasets.md", "hyperparameters.md", "troubleshooting.md")
 

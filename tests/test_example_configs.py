@@ -20,7 +20,8 @@ from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.packing import PackedBatchSampler
 from ftk.core.data.pipeline import PreparedData, prepare_data
-from ftk.plugins.advisor import RunFacts, evaluate, optimizer_steps
+from ftk.plugins.advisor import optimizer_steps
+from ftk.plugins.advisor_rules import RunFacts, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
