@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -180,3 +181,17 @@ def test_out_of_memory_names_what_to_lower(tmp_path, tiny_model_dir, chat16, cap
     assert "micro_batch_size (now 2" in message and "sequence_len (now 256)" in message
     assert "gradient_checkpointing: true" in message
     assert "Traceback" not in message
+
+
+def test_step_health_reads_the_loss_and_a_tensor_or_float_grad_norm_and_resets():
+    from types import SimpleNamespace
+
+    from ftk.core.trainer import FtkTrainer
+
+    state = SimpleNamespace(_step_loss=torch.tensor(2.5), _last_grad_norm=torch.tensor(float("inf")))
+    assert FtkTrainer._step_health(state) == (2.5, float("inf"))  # a tensor norm (Trainer's own)
+    assert state._step_loss.item() == 0.0 and state._last_grad_norm is None
+    state._step_loss += 1.25
+    state._last_grad_norm = 0.75  # DeepSpeed hands over a float
+    assert FtkTrainer._step_health(state) == (1.25, 0.75)
+    assert FtkTrainer._step_health(state) == (0.0, None)  # no clipping: no norm

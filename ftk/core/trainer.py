@@ -54,7 +54,7 @@ class FtkTrainer(Trainer):
         self._time_at_last_log: float | None = None
         self.step_metrics = StepMetrics()
         self._step_loss = torch.zeros(())
-        self._last_grad_norm: float | None = None
+        self._last_grad_norm: Any = None  # a tensor from Trainer, or a float under DeepSpeed
         self._checkpoint_staging: str | None = None
         self.guard = RunGuard(self._step_health)
         self.add_callback(self.guard)
@@ -104,17 +104,28 @@ class FtkTrainer(Trainer):
         self._step_loss += loss.detach().float()
         return loss
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> float | None:
-        """Keep the step's gradient norm for the divergence check (Trainer computes it anyway)."""
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        """Keep the step's gradient norm for the divergence check (Trainer computes it anyway).
+
+        It stays a tensor here; :meth:`_step_health` reads it together with the loss.
+        """
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._last_grad_norm = float(norm) if norm is not None else None
+        self._last_grad_norm = norm
         return norm
 
     def _step_health(self) -> tuple[float, float | None]:
-        """The finished step's loss and gradient norm; resets them for the next step (one sync)."""
-        loss = float(self._step_loss)
-        self._step_loss.zero_()
+        """The finished step's loss and gradient norm; resets them for the next step.
+
+        Both come to the host in one transfer, the only device sync ftk adds to a step.
+        """
         norm, self._last_grad_norm = self._last_grad_norm, None
+        if torch.is_tensor(norm):
+            pair = torch.stack([self._step_loss.reshape(()), norm.detach().to(self._step_loss).reshape(())])
+            loss, norm = pair.tolist()
+        else:
+            loss = float(self._step_loss)
+            norm = float(norm) if norm is not None else None
+        self._step_loss.zero_()
         return loss, norm
 
     def get_train_dataloader(self) -> DataLoader:
