@@ -194,5 +194,12 @@ def test_misspelt_chat_template_names_are_caught_at_validation(tmp_path):
         f"{path}:10: datasets[1].chat_template: unknown template 'qwen' (did you mean 'qwen3'?); "
         f"{choices} (got 'qwen')",
     ]
+    text = write(
+        tmp_path, BASE + "chat_template: '{% for m in messages %}{{ m.content }}{% endfor %}'\n", "t.yaml"
+    )
+    assert errors_of(text) == [
+        f"{text}:5: chat_template: holds template text; set chat_template: jinja and put the text in "
+        "chat_template_jinja"
+    ]
     good = BASE + "chat_template: tokenizer_default\n"
     assert load_config(write(tmp_path, good, "good.yaml"))[0].chat_template == "tokenizer_default"

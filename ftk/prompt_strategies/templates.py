@@ -35,6 +35,7 @@ from pathlib import Path
 from pydantic_core import PydanticCustomError
 from transformers import PreTrainedTokenizerBase
 
+from ftk.core.config.loader import suggest
 from ftk.core.errors import FtkError
 
 CHATML = (
@@ -180,7 +181,8 @@ def template_name_problem(name: str | None) -> str | None:
     """Why ``name`` is not a ``chat_template`` value ftk knows (with a "did you mean"), or None."""
     if name is None or name in TEMPLATE_CHOICES or name in BUILTIN_TEMPLATES:
         return None
-    from ftk.core.config.loader import suggest
+    if "{%" in name or "{{" in name:
+        return "holds template text; set chat_template: jinja and put the text in chat_template_jinja"
 
     return (
         f"unknown template {name!r}{suggest(name, [*TEMPLATE_CHOICES, *BUILTIN_TEMPLATES])}; choose "
