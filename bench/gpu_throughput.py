@@ -7,6 +7,10 @@ tokens per second over the steps after warm-up, peak GPU memory, and model FLOPs
 against the bf16 matrix-multiply rate measured on the same GPU at the start.
 
     python bench/gpu_throughput.py [--models qwen3-0.6b qwen3-8b] [--steps 30] [--liger both]
+
+``--smoke`` checks the harness itself in seconds, on any machine: the ``smoke`` shape (hidden 64,
+2 layers), 4 steps of 256 tokens, Liger off, and on a machine without a GPU float32 instead of
+bf16 and no MFU.  Run it first in a GPU session so that no device time goes to a broken harness.
 """
 
 from __future__ import annotations
@@ -65,9 +69,9 @@ def flops_per_token(shape: dict, sequence_len: int) -> float:
 
 
 def config_text(
-    model_dir: Path, liger: bool, steps: int, out: Path, tokenizer: Path, sequence_len: int
+    model_dir: Path, liger: bool, steps: int, out: Path, tokenizer: Path, sequence_len: int, bf16: bool = True
 ) -> str:
-    """The ftk config of one run."""
+    """The ftk config of one run (``bf16=False``: float32, for a machine without a GPU)."""
     lines = [
         f"base_model: {model_dir}",
         f"tokenizer_config: {tokenizer}",
@@ -77,7 +81,8 @@ def config_text(
         f"sequence_len: {sequence_len}\nsample_packing: true\nexcess_length_strategy: truncate",
         "micro_batch_size: 1\ngradient_accumulation_steps: 1",
         f"max_steps: {steps}\nlearning_rate: 1.0e-4\nwarmup_steps: 2",
-        "bf16: true\ntf32: true\ngradient_checkpointing: true\nattn_implementation: sdpa",
+        ("bf16: true\ntf32: true" if bf16 else "bf16: false") + "\ngradient_checkpointing: true",
+        "attn_implementation: sdpa",
         "logging_steps: 1\nseed: 0\nadvisor:\n  enabled: false",
         f"output_dir: {out}\ndataset_prepared_path: {out.parent / 'prepared'}",
     ]
@@ -91,7 +96,9 @@ def one_run(model: str, liger: bool, args: argparse.Namespace, workdir: Path) ->
     out = workdir / f"{model}-{'liger' if liger else 'plain'}"
     cfg = workdir / f"{out.name}.yaml"
     model_dir = write_model_dir(model, workdir / "models" / model)
-    cfg.write_text(config_text(model_dir, liger, args.steps, out, args.tokenizer, args.sequence_len))
+    cfg.write_text(
+        config_text(model_dir, liger, args.steps, out, args.tokenizer, args.sequence_len, bf16=args.bf16)
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.run(
         [sys.executable, "-m", "ftk.cli", "train", str(cfg)], env=env, capture_output=True, text=True
@@ -114,33 +121,41 @@ def main() -> None:
     parser.add_argument("--liger", choices=["off", "on", "both"], default="both")
     parser.add_argument("--tokenizer", type=Path, default=REPO / "models" / "tiny")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="check the harness: tiny shape, 4 short steps")
     args = parser.parse_args()
     if not (args.tokenizer / "tokenizer.json").is_file():
         sys.exit(f"no tokenizer in {args.tokenizer}: run `ftk tiny-model {args.tokenizer}` first")
-    peak_tflops = matmul_tflops()
+    import torch
+
+    args.bf16 = torch.cuda.is_available()
+    if args.smoke:
+        args.models, args.steps, args.warmup, args.sequence_len, args.liger = ["smoke"], 4, 1, 256, "off"
+    elif not args.bf16:
+        sys.exit("no CUDA GPU: this benchmark measures GPU throughput (--smoke checks the harness anywhere)")
+    peak_tflops = matmul_tflops() if args.bf16 else None
     ligers = {"off": [False], "on": [True], "both": [False, True]}[args.liger]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for liger in ligers:
                 result = one_run(model, liger, args, Path(tmp))
-                if "tokens_per_second" in result:
+                if "tokens_per_second" in result and peak_tflops:
                     achieved = result["tokens_per_second"] * flops_per_token(SHAPES[model], args.sequence_len)
                     result["mfu"] = achieved / (peak_tflops * 1e12)
                 rows.append({"model": model, "liger": liger, **result})
                 print(json.dumps(rows[-1]), flush=True)
-    print(
-        f"\nbf16 matmul rate measured: {peak_tflops:,.0f} TFLOP/s; LoRA r16, packed, seq {args.sequence_len}\n"
-    )
+    rate = f"bf16 matmul rate measured: {peak_tflops:,.0f} TFLOP/s" if peak_tflops else "no GPU: float32"
+    print(f"\n{rate}; LoRA r16, packed, seq {args.sequence_len}\n")
     print("| model | liger | real tokens/s | peak memory | MFU (6N + attention) |")
     print("| --- | --- | ---: | --- | ---: |")
     for row in rows:
         if "error" in row:
             print(f"| {row['model']} | {'on' if row['liger'] else 'off'} | error: {row['error']} | | |")
             continue
+        mfu = f"{row['mfu']:.1%}" if "mfu" in row else "n/a"
         print(
             f"| {row['model']} | {'on' if row['liger'] else 'off'} | {row['tokens_per_second']:,.0f} "
-            f"| {row['peak']} | {row['mfu']:.1%} |"
+            f"| {row['peak']} | {mfu} |"
         )
     if args.json_out:
         args.json_out.write_text(json.dumps({"matmul_tflops": peak_tflops, "runs": rows}, indent=2))

@@ -40,6 +40,16 @@ SHAPES: dict[str, dict[str, Any]] = {
         head_dim=128,
         tie_word_embeddings=False,
     ),
+    # Not a published model: a few-MB shape for checking the harness end to end (``--smoke``).
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+    ),
 }
 VOCAB_SIZE = 151_936
 
