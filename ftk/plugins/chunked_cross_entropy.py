@@ -131,24 +131,17 @@ def chunked_summed_cross_entropy(
     and the head's trainable parameters are computed chunk by chunk during this call (see the
     module docstring); a sharded head gets checkpointed chunks instead.
     """
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or head_is_sharded(head):
+        # No gradients: a plain sum.  A sharded head: each chunk checkpointed, so that backward
+        # recomputes it through the head's own forward (and the hooks that gather its shards).
+        checkpointed = torch.is_grad_enabled()
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), rows):
-            total = total + _chunk_loss(
-                hidden[start : start + rows], targets[start : start + rows], head, softcap
-            )
-        return total
-    if head_is_sharded(head):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), rows):
-            total = total + checkpoint(
-                _chunk_loss,
-                hidden[start : start + rows],
-                targets[start : start + rows],
-                head,
-                softcap,
-                use_reentrant=False,
-            )
+            chunk = (hidden[start : start + rows], targets[start : start + rows], head, softcap)
+            if checkpointed:
+                total = total + checkpoint(_chunk_loss, *chunk, use_reentrant=False)
+            else:
+                total = total + _chunk_loss(*chunk)
         return total
     trainable = [p for p in head.parameters() if p.requires_grad]
     return _ChunkedLinearCrossEntropy.apply(hidden, targets, head, rows, softcap, *trainable)

@@ -172,10 +172,7 @@ def prepare_kernels(cfg: FtkConfig) -> dict[str, bool]:
     applied = liger.applied_patches()
     if not on and not applied:
         return {}
-    if on:
-        problem = liger.environment_problem()
-        if problem is not None:
-            raise FtkError(f"{on[0]}: {problem}")
+    check_environment(cfg)
     key = on[0] if on else _earlier_key(applied)
     family = model_type(cfg, key)
     arguments: dict[str, bool] = {}
