@@ -5,9 +5,32 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
+from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
 REPO = Path(__file__).resolve().parents[1]
 CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
 ARITHMETIC = REPO / "examples" / "data" / "arithmetic_alpaca.jsonl"
+
+# A few-kilobyte decoder shape for building random models of any family in tests.
+SMALL_SHAPE = dict(
+    vocab_size=512,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+)
+
+# Families that transform their logits after the head, as (model class, config), by test id:
+# Gemma 2 caps them (final_logit_softcapping), Granite divides them (logits_scaling).
+LOGIT_TRANSFORM_FAMILIES = {
+    "gemma2-softcap": (Gemma2ForCausalLM, Gemma2Config(**SMALL_SHAPE, final_logit_softcapping=2.0)),
+    "granite-scaling": (
+        GraniteForCausalLM,
+        GraniteConfig(**{k: v for k, v in SMALL_SHAPE.items() if k != "head_dim"}, logits_scaling=4.0),
+    ),
+}
 
 
 def first_chat_rows(path: Path, rows: int) -> Path:

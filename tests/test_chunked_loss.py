@@ -9,15 +9,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GraniteConfig,
-    GraniteForCausalLM,
 )
 
 from ftk.core.config.schema import FtkConfig
 from ftk.plugins.chunked_cross_entropy import rows_per_chunk
 from ftk.plugins.loss import causal_lm_loss, compute_loss
+from tests.helpers import LOGIT_TRANSFORM_FAMILIES
 
 
 def loss_cfg(chunked: bool, num_chunks: int | None = None) -> SimpleNamespace:
@@ -159,30 +156,12 @@ def test_a_sharded_head_is_recomputed_chunk_by_chunk_through_its_own_forward(tin
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-5, rtol=1e-4)
 
 
-SMALL = dict(
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-)
-
-
 @pytest.mark.parametrize(
-    "model",
-    [
-        lambda: Gemma2ForCausalLM(Gemma2Config(**SMALL, final_logit_softcapping=2.0)),
-        lambda: GraniteForCausalLM(
-            GraniteConfig(**{k: v for k, v in SMALL.items() if k != "head_dim"}, logits_scaling=4.0)
-        ),
-    ],
-    ids=["gemma2-softcap", "granite-scaling"],
+    ("model_class", "config"), LOGIT_TRANSFORM_FAMILIES.values(), ids=list(LOGIT_TRANSFORM_FAMILIES)
 )
-def test_families_that_transform_their_logits(model):
+def test_families_that_transform_their_logits(model_class, config):
     torch.manual_seed(0)
-    model = model().train()
+    model = model_class(config).train()
     with torch.no_grad():  # spread the logits, so that the transform matters
         model.get_output_embeddings().weight.mul_(20.0)
     loss = assert_same_as_plain(model, padded_batch(512), loss_cfg(True, 3))

@@ -20,10 +20,6 @@ import torch
 import torch.nn.functional as F
 from transformers import (
     AutoModelForCausalLM,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GraniteConfig,
-    GraniteForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
@@ -38,7 +34,7 @@ from ftk.core.step_metrics import StepMetrics
 from ftk.integrations import liger as liger_integration
 from ftk.plugins import liger as liger_plugin
 from ftk.plugins.loss import compute_loss as default_loss
-from tests.helpers import first_chat_rows
+from tests.helpers import LOGIT_TRANSFORM_FAMILIES, SMALL_SHAPE, first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = (
@@ -430,20 +426,9 @@ def test_a_lora_adapted_head_is_an_error(tiny_model_dir):
         liger_plugin.fused_loss(model, padded_batch(), None, kernel=torch_kernel)
 
 
-SMALL = dict(
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-)
-
-
 def test_router_loss_is_added_and_reported_like_the_default():
     torch.manual_seed(0)
-    config = Qwen3MoeConfig(**SMALL, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+    config = Qwen3MoeConfig(**SMALL_SHAPE, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
     model = Qwen3MoeForCausalLM(config).train()
     cfg = FtkConfig(
         base_model="unused",
@@ -458,15 +443,7 @@ def test_router_loss_is_added_and_reported_like_the_default():
 
 
 @pytest.mark.parametrize(
-    ("model_class", "config"),
-    [
-        (Gemma2ForCausalLM, Gemma2Config(**SMALL, final_logit_softcapping=2.0)),
-        (
-            GraniteForCausalLM,
-            GraniteConfig(**{k: v for k, v in SMALL.items() if k != "head_dim"}, logits_scaling=4.0),
-        ),
-    ],
-    ids=["gemma2-softcap", "granite-scaling"],
+    ("model_class", "config"), LOGIT_TRANSFORM_FAMILIES.values(), ids=list(LOGIT_TRANSFORM_FAMILIES)
 )
 def test_families_that_transform_their_logits(model_class, config):
     torch.manual_seed(0)

@@ -78,6 +78,11 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
+def text_config(model_config: Any) -> Any:
+    """The language-model part of a model config (itself, unless the model is multimodal)."""
+    return model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+
+
 def logit_transform(model_config: Any) -> tuple[float, float | None]:
     """What a family does to its logits after the output head, as (input scale, softcap).
 
@@ -85,7 +90,7 @@ def logit_transform(model_config: Any) -> tuple[float, float | None]:
     ``lm_head_multiplier`` (both equal to scaling the head's input); Gemma 2 and 3 cap them with
     ``final_logit_softcapping``.
     """
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    text = text_config(model_config)
     scale = 1.0
     if getattr(text, "logits_scaling", None):
         scale /= float(text.logits_scaling)
@@ -97,8 +102,7 @@ def logit_transform(model_config: Any) -> tuple[float, float | None]:
 
 def vocab_size(model_config: Any) -> int:
     """Width of the model's logits (the text config's ``vocab_size``)."""
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    return int(text.vocab_size)
+    return int(text_config(model_config).vocab_size)
 
 
 def has_router(model_config: Any) -> bool:
