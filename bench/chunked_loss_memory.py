@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 VOCAB = 151_680
 
@@ -33,7 +32,7 @@ def one_run(seq: int, hidden: int, layers: int, chunks: int, reps: int) -> dict:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from ftk.plugins.loss import compute_loss
+    from ftk.plugins.loss import ChunkedLossSettings, summed_loss
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -51,11 +50,8 @@ def one_run(seq: int, hidden: int, layers: int, chunks: int, reps: int) -> dict:
     model.train()
     ids = torch.randint(0, VOCAB, (1, seq), device=device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    cfg = SimpleNamespace(
-        chunked_cross_entropy=chunks != 0,
-        chunked_cross_entropy_num_chunks=chunks if chunks > 0 else None,
-        router_aux_loss_coef=None,
-        gradient_accumulation_steps=1,
+    settings = ChunkedLossSettings(
+        chunked_cross_entropy=chunks != 0, chunked_cross_entropy_num_chunks=chunks if chunks > 0 else None
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -66,7 +62,8 @@ def one_run(seq: int, hidden: int, layers: int, chunks: int, reps: int) -> dict:
     for _ in range(reps + 1):
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=cfg)
+        result = summed_loss(model, inputs, settings)  # the default loss: summed, then the token mean
+        loss = result.summed / result.tokens
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()

@@ -207,9 +207,9 @@ def run_ftk(args: argparse.Namespace, setup: str, workdir: Path) -> RunResult:
     from rich.console import Console
     from transformers import AutoTokenizer
 
+    from ftk.commands.train import run_training
     from ftk.core.config.loader import load_config
     from ftk.core.hookspecs import hookimpl
-    from ftk.core.train import run_training
 
     packed = setup.startswith("ftk-packed")
     result = RunResult(setup)
@@ -233,7 +233,7 @@ def run_ftk(args: argparse.Namespace, setup: str, workdir: Path) -> RunResult:
             marks["trainer"] = trainer
 
         @hookimpl(tryfirst=True)
-        def compute_loss(self, cfg, model, inputs, num_items_in_batch, metrics):
+        def compute_loss(self, cfg, model, inputs):
             if model.training:
                 count.add(inputs)
             return None  # the loss is left to the plugins that compute it
@@ -485,9 +485,9 @@ def profile(args: argparse.Namespace) -> None:
     import torch
     from transformers import TrainerCallback
 
+    from ftk.commands.train import run_training
     from ftk.core.config.loader import load_config
     from ftk.core.hookspecs import hookimpl
-    from ftk.core.train import run_training
 
     torch.set_num_threads(args.threads)
 
@@ -567,7 +567,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.model is None:
-            from ftk.tiny_model import build_tiny_model
+            from ftk.plugins.tiny_model.builder import build_tiny_model
 
             args.model = build_tiny_model(workdir / "tiny")
         args.model = args.model.resolve()

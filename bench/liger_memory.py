@@ -71,13 +71,11 @@ def build_large(tiny: Path, out: Path) -> Path:
 
 def write_config(path: Path, model: Path, kernels: str, args: argparse.Namespace, workdir: Path) -> Path:
     """The config of one run: same data, shape and seed for every variant."""
-    from ftk.core.plugins import BUILTIN_PLUGINS
 
     adapter = "adapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_target_linear: true\n"
     path.write_text(
         f"base_model: {model}\n"
         f"datasets:\n  - path: {args.data}\n"
-        + ("" if "liger" in BUILTIN_PLUGINS else "plugins: [ftk.plugins.liger]\n")
         + (adapter if args.adapter == "lora" else "")
         + f"train_on_inputs: {str(args.train_on_inputs).lower()}\n"
         f"sequence_len: {args.sequence_len}\nsample_packing: true\nexcess_length_strategy: truncate\n"
@@ -94,9 +92,9 @@ def child(config: Path, result: Path) -> int:
     import torch
     from rich.console import Console
 
+    from ftk.commands.train import run_training
     from ftk.core.config.loader import load_config
     from ftk.core.errors import FtkError
-    from ftk.core.train import run_training
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -222,7 +220,7 @@ def main() -> int:
     if args.child:
         return child(Path(args.child[0]), Path(args.child[1]))
 
-    from ftk.tiny_model import build_tiny_model
+    from ftk.plugins.tiny_model.builder import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
-from ftk.core.train import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
@@ -81,7 +81,7 @@ def main() -> int:
         workdir = Path(tmp)
         model = args.model
         if model is None:
-            from ftk.tiny_model import build_tiny_model
+            from ftk.plugins.tiny_model.builder import build_tiny_model
 
             model = build_tiny_model(workdir / "tiny", seed=0, warmup_steps=0)
         results = []

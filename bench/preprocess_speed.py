@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
+from ftk.plugins.tiny_model.builder import build_tokenizer
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
-from ftk.tiny_model import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "bench-data" / "chat.jsonl"

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled tiny model, built once per session at its random initialisation (no warm-up)."""
-    from ftk.tiny_model import build_tiny_model
+    from ftk.plugins.tiny_model.builder import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0, warmup_steps=0)
 

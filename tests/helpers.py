@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
+import torch
+import torch.nn.functional as F
+import yaml
 from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
+from ftk.core.config.loader import config_from_data
+from ftk.core.config.schema import FtkConfig
+from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
@@ -33,6 +41,47 @@ LOGIT_TRANSFORM_FAMILIES = {
 }
 
 
+_MANAGER: list[FtkPluginManager] = []
+
+
+def builtin_manager() -> FtkPluginManager:
+    """One plugin manager with the built-in plugins (and installed ones), shared by the tests."""
+    if not _MANAGER:
+        _MANAGER.append(create_plugin_manager())
+    return _MANAGER[0]
+
+
+def make_config(**keys: Any) -> FtkConfig:
+    """A config validated like a file (plugin keys included); ``base_model`` and ``datasets`` are placeholders."""
+    data = {"base_model": "m", "datasets": [{"path": "unused.jsonl"}], **keys}
+    data = {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
+    return config_from_data(data, None if data.get("plugins") else builtin_manager())
+
+
+def token_mean_loss(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None = None,
+    cfg: FtkConfig | None = None,
+    metrics: Any = None,
+) -> torch.Tensor:
+    """A micro-batch's loss as the trainer trains on it: the loss hooks of the built-in plugins, normalised by the core."""
+    from ftk.core.trainer import micro_batch_loss
+
+    cfg = cfg or make_config()
+    return micro_batch_loss(cfg, builtin_manager().hooks, model, inputs, num_items_in_batch, metrics)
+
+
+def reference_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy written out plainly: summed over trained positions, divided by their count."""
+    shift_logits = logits[..., :-1, :].reshape(-1, logits.size(-1)).float()
+    shift_labels = labels[..., 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else shift_labels.ne(-100).sum())
+
+
 def first_chat_rows(path: Path, rows: int) -> Path:
     """Write the first ``rows`` conversations of the bundled chat data to ``path``; returns it."""
     with CHAT.open() as source:
@@ -57,4 +106,35 @@ def write_alpaca_config(directory: Path, model_dir: Path, **keys) -> Path:
     }
     path = directory / "cfg.yaml"
     path.write_text("".join(f"{key}: {value}\n" for key, value in settings.items()))
+    return path
+
+
+def write_config(
+    directory: Path,
+    model_dir: Path | str,
+    data: Path | str | list[dict[str, Any]],
+    name: str = "cfg.yaml",
+    **keys: Any,
+) -> Path:
+    """``directory/<name>``: a short run on ``data`` (a chat file, or dataset entries); ``keys`` add or override.
+
+    The defaults: full fine-tuning (no adapter), 3 steps of 2 rows at ``sequence_len`` 512, seed 3,
+    output in ``directory/out`` and the data cache in ``directory/prepared``.  A key given as None
+    is left out.
+    """
+    datasets = data if isinstance(data, list) else [{"path": str(data), "type": "chat_template"}]
+    settings: dict[str, Any] = {
+        "base_model": str(model_dir),
+        "datasets": datasets,
+        "sequence_len": 512,
+        "micro_batch_size": 2,
+        "max_steps": 3,
+        "seed": 3,
+        "output_dir": str(directory / "out"),
+        "dataset_prepared_path": str(directory / "prepared"),
+        **keys,
+    }
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
+    path = directory / name
+    path.write_text(yaml.safe_dump({k: v for k, v in settings.items() if v is not None}, sort_keys=False))
     return path

@@ -14,17 +14,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.core.train import run_training
-from ftk.plugins import hf_model
-from ftk.plugins.lora import apply_adapter
-from tests.helpers import write_alpaca_config
+from ftk.core.model import load_base_model, load_model, load_tokenizer
+from ftk.commands.train import run_training
+from ftk.plugins.lora import apply_lora
+from tests.helpers import builtin_manager, make_config, write_alpaca_config
 
 TINY_VOCAB = 151_646  # tokens of the tiny model's tokenizer
 TINY_ROWS = 151_680  # its embedding rows (padded to a multiple of 64)
 
 
-def make_cfg(model_dir: Path, **keys) -> FtkConfig:
-    return FtkConfig(base_model=str(model_dir), datasets=[{"path": "unused.jsonl"}], **keys)
+def make_cfg(model_dir: Path | str, **keys) -> FtkConfig:
+    return make_config(base_model=model_dir, **keys)
 
 
 def load_tiny(model_dir: Path):
@@ -40,8 +40,8 @@ def lora_layer_names(model) -> set[str]:
 
 
 def test_target_linear_adapts_every_linear_layer_but_the_output_head(tiny_model_dir):
-    model = apply_adapter(
-        cfg=make_cfg(tiny_model_dir, adapter="lora", lora_target_linear=True), model=load_tiny(tiny_model_dir)
+    model = apply_lora(
+        make_cfg(tiny_model_dir, adapter="lora", lora_target_linear=True), load_tiny(tiny_model_dir)
     )
 
     expected = {
@@ -59,7 +59,7 @@ def test_target_linear_adapts_every_linear_layer_but_the_output_head(tiny_model_
 def test_named_target_that_matches_nothing_names_the_key_and_what_exists(tiny_model_dir):
     cfg = make_cfg(tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "qkv_proj"])
     with pytest.raises(FtkError) as raised:
-        apply_adapter(cfg=cfg, model=load_tiny(tiny_model_dir))
+        apply_lora(cfg, load_tiny(tiny_model_dir))
     message = str(raised.value)
     assert message.startswith("lora_target_modules: 'qkv_proj' matches no module")
     assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in message
@@ -68,16 +68,18 @@ def test_named_target_that_matches_nothing_names_the_key_and_what_exists(tiny_mo
 
 def test_named_targets_adapt_only_those_modules(tiny_model_dir):
     cfg = make_cfg(tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "down_proj"])
-    model = apply_adapter(cfg=cfg, model=load_tiny(tiny_model_dir))
+    model = apply_lora(cfg, load_tiny(tiny_model_dir))
     assert lora_layer_names(model) == {
         f"model.layers.{layer}.{name}" for layer in (0, 1) for name in ("self_attn.q_proj", "mlp.down_proj")
     }
 
 
 def test_no_adapter_is_full_fine_tuning_of_the_whole_model(tiny_model_dir):
-    model = load_tiny(tiny_model_dir)
-    trained = apply_adapter(cfg=make_cfg(tiny_model_dir), model=model)
-    assert trained is model
+    manager = builtin_manager()
+    cfg = make_cfg(tiny_model_dir)
+    tokenizer, new_ids = load_tokenizer(cfg, manager.hooks)
+    trained = load_model(cfg, manager.hooks, manager.collect_registrations(), tokenizer, new_ids)
+    assert type(trained).__name__ == "Qwen3ForCausalLM"  # the model as loaded, no wrapper
     assert all(p.requires_grad for p in trained.parameters())
 
 
@@ -91,7 +93,7 @@ def test_dora_and_rslora_reach_peft(tiny_model_dir):
         peft_use_dora=True,
         peft_use_rslora=True,
     )
-    model = apply_adapter(cfg=cfg, model=load_tiny(tiny_model_dir))
+    model = apply_lora(cfg, load_tiny(tiny_model_dir))
     layer = model.get_submodule("base_model.model.model.layers.0.self_attn.v_proj")
     assert layer.use_dora["default"] is True
     assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(4))  # not alpha / r = 2
@@ -106,7 +108,7 @@ def test_modules_to_save_that_matches_nothing_is_a_config_error(tiny_model_dir):
     with pytest.raises(
         FtkError, match=r"^lora_modules_to_save: 'embeddings' matches no module .*embed_tokens"
     ):
-        apply_adapter(cfg=cfg, model=load_tiny(tiny_model_dir))
+        apply_lora(cfg, load_tiny(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +118,26 @@ def tokens_cfg(tiny_model_dir) -> FtkConfig:
     return make_cfg(tiny_model_dir, adapter="lora", lora_target_linear=True, tokens=new, seed=3)
 
 
+NEW_IDS = tuple(range(TINY_VOCAB, TINY_VOCAB + 36))
+
+
 @pytest.fixture(scope="module")
 def tokenizer_with_new_tokens(tokens_cfg):
-    return hf_model.load_tokenizer(cfg=tokens_cfg)
+    tokenizer, new_ids = load_tokenizer(tokens_cfg, builtin_manager().hooks)
+    assert new_ids == NEW_IDS
+    return tokenizer
+
+
+def base_model(cfg, tokenizer):
+    return load_base_model(cfg, builtin_manager().hooks, tokenizer, "train")
 
 
 def test_added_tokens_are_recorded_and_the_resize_is_reproducible(tokens_cfg, tokenizer_with_new_tokens):
     tokenizer = tokenizer_with_new_tokens
-    new_ids = tuple(range(TINY_VOCAB, TINY_VOCAB + 36))
-    assert hf_model.added_token_ids(tokenizer) == new_ids
     assert tokenizer.convert_tokens_to_ids("<|new_a|>") == TINY_VOCAB
 
-    first = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer, load_kwargs={})
-    second = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer, load_kwargs={})
-    assert hf_model.added_token_ids(first) == new_ids
+    first = base_model(tokens_cfg, tokenizer)
+    second = base_model(tokens_cfg, tokenizer)
     weights = first.get_input_embeddings().weight
     assert weights.shape == (TINY_ROWS + 64, 64)
     assert torch.equal(weights, second.get_input_embeddings().weight)
@@ -139,8 +147,8 @@ def test_added_tokens_are_recorded_and_the_resize_is_reproducible(tokens_cfg, to
 
 
 def test_new_tokens_train_only_their_rows_even_when_nothing_is_listed(tokens_cfg, tokenizer_with_new_tokens):
-    model = hf_model.load_model(cfg=tokens_cfg, tokenizer=tokenizer_with_new_tokens, load_kwargs={})
-    peft_model = apply_adapter(cfg=tokens_cfg, model=model)
+    model = base_model(tokens_cfg, tokenizer_with_new_tokens)
+    peft_model = apply_lora(tokens_cfg, model, NEW_IDS)
     rows = [p for name, p in peft_model.named_parameters() if "trainable_tokens_delta" in name]
     assert len(rows) == 1 and rows[0].shape == (36, 64) and rows[0].requires_grad
     assert peft_model.peft_config["default"].trainable_token_indices == {
@@ -159,8 +167,8 @@ def test_new_tokens_train_only_their_rows_even_when_nothing_is_listed(tokens_cfg
 
 def test_listing_embed_tokens_trains_the_whole_tied_embedding(tokens_cfg, tokenizer_with_new_tokens):
     cfg = tokens_cfg.model_copy(update={"lora_modules_to_save": ["embed_tokens"]})
-    model = hf_model.load_model(cfg=cfg, tokenizer=tokenizer_with_new_tokens, load_kwargs={})
-    peft_model = apply_adapter(cfg=cfg, model=model)
+    model = base_model(cfg, tokenizer_with_new_tokens)
+    peft_model = apply_lora(cfg, model, NEW_IDS)
     assert not peft_model.peft_config["default"].trainable_token_indices
     inner = peft_model.base_model.model
     trained = inner.get_input_embeddings().modules_to_save["default"].weight
@@ -180,9 +188,8 @@ def test_new_tokens_of_an_untied_model_train_rows_of_both_embeddings():
         tie_word_embeddings=False,
     )
     model = Qwen3ForCausalLM(config)
-    setattr(model, hf_model.ADDED_TOKEN_IDS_ATTR, (120, 121))
-    peft_model = apply_adapter(
-        cfg=make_cfg("unused", adapter="lora", lora_target_modules=["q_proj"]), model=model
+    peft_model = apply_lora(
+        make_cfg("unused", adapter="lora", lora_target_modules=["q_proj"]), model, (120, 121)
     )
     assert peft_model.peft_config["default"].trainable_token_indices == {
         "model.embed_tokens": [120, 121],
@@ -210,9 +217,7 @@ def test_lora_run_trains_new_token_rows_and_the_adapter_reloads_on_a_resized_bas
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == TINY_VOCAB + 36 and tokenizer.convert_tokens_to_ids("<|new_a|>") == TINY_VOCAB
-    base = hf_model.load_model(
-        cfg=cfg, tokenizer=tokenizer, load_kwargs={}
-    )  # resized the same way as for training
+    base = base_model(cfg, tokenizer)  # resized the same way as for training
     all_ids = torch.arange(TINY_ROWS + 64)
     with torch.no_grad():
         after = trained.get_input_embeddings()(all_ids)

@@ -26,7 +26,7 @@ from ftk.core.data.pipeline import PreparedData
 from ftk.core.data.tokenize import SourceStats
 from ftk.core.errors import FtkError
 from ftk.core.plugins import create_plugin_manager
-from ftk.core.train import training_arguments
+from ftk.commands.train import training_arguments
 from ftk.plugins.advisor import (
     AdvisorCallback,
     count_parameters,
@@ -35,7 +35,7 @@ from ftk.plugins.advisor import (
     is_moe,
     optimizer_steps,
 )
-from ftk.plugins.advisor_rules import RULE_NAMES, RULES, RunFacts, evaluate
+from ftk.plugins.advisor.rules import RULE_NAMES, RULES, RunFacts, evaluate
 from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,12 +400,7 @@ def test_ignored_rules_stay_silent_and_unknown_names_are_config_errors(tmp_path)
         + "adapter: lora\nlearning_rate: 1.0e-6\nmicro_batch_size: 4\nadvisor:\n  ignore: [lora_lr_low]\n"
     )
     cfg, manager = load_config(path)
-    (callback,) = [
-        cb
-        for group in manager.hook.trainer_callbacks(cfg=cfg)
-        for cb in group
-        if isinstance(cb, AdvisorCallback)
-    ]
+    (callback,) = [cb for cb in manager.hooks.trainer_callbacks(cfg) if isinstance(cb, AdvisorCallback)]
     callback.console = Console(file=StringIO())
     assert callback.check_settings(facts(cfg)) == []
     path.write_text(BASE + "advisor:\n  ignore: [lora_lr_lo]\n")
@@ -456,14 +451,14 @@ output_dir: {tmp_path / "out"}
     sources = [SourceStats(path="data.jsonl", rows=25, kept=22, too_long=3)]
     data = PreparedData(train, None, tmp_path, False, sources)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    callbacks = [cb for group in manager.hook.trainer_callbacks(cfg=cfg) for cb in group]
+    callbacks = manager.hooks.trainer_callbacks(cfg)
     args = training_arguments(cfg, has_eval=False)
     trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=callbacks)
     return cfg, manager, trainer, model, data
 
 
 def advisor_rows(manager, cfg, trainer) -> list[tuple[str, str]]:
-    rows = [row for group in manager.hook.summary_rows(cfg=cfg, trainer=trainer) for row in group]
+    rows = manager.hooks.summary_rows(cfg, trainer)
     return [row for row in rows if row[0] == "advisor"]
 
 
@@ -478,7 +473,7 @@ def test_pre_train_judges_the_built_trainer_the_model_and_the_data(tmp_path, tin
     assert found.num_params == count_parameters(model) and found.small_model and not found.moe
 
     rng = torch.get_rng_state()
-    manager.hook.pre_train(cfg=cfg, trainer=trainer, model=model, data=data)
+    manager.hooks.pre_train(cfg, trainer, model, data)
     assert torch.equal(torch.get_rng_state(), rng)  # the run's data order and init are left alone
     advisor = find_callback(trainer)
     assert [f.rule for f in advisor.findings] == ["lora_lr_low", "oversized_sequence_len", "rows_over_length"]
@@ -502,12 +497,12 @@ def test_pre_train_judges_the_built_trainer_the_model_and_the_data(tmp_path, tin
 def test_disabled_advisor_adds_no_callback_prints_nothing_and_adds_no_rows(tmp_path, tiny_model_dir, capsys):
     cfg, manager, trainer, model, data = built_run(tmp_path, tiny_model_dir, "advisor:\n  enabled: false\n")
     assert find_callback(trainer) is None
-    manager.hook.pre_train(cfg=cfg, trainer=trainer, model=model, data=data)
+    manager.hooks.pre_train(cfg, trainer, model, data)
     assert "advisor" not in capsys.readouterr().err
     assert advisor_rows(manager, cfg, trainer) == []
     # The same run with the advisor on (the default) has the callback and its rows.
     cfg, manager, trainer, model, data = built_run(tmp_path, tiny_model_dir)
-    manager.hook.pre_train(cfg=cfg, trainer=trainer, model=model, data=data)
+    manager.hooks.pre_train(cfg, trainer, model, data)
     assert find_callback(trainer) is not None and "advisor: " in capsys.readouterr().err
     assert len(advisor_rows(manager, cfg, trainer)) == 4
 
@@ -516,7 +511,7 @@ def test_disabled_advisor_adds_no_callback_prints_nothing_and_adds_no_rows(tmp_p
 def test_a_real_run_prints_the_warning_and_puts_the_diagnosis_in_the_summary(
     tmp_path, tiny_model_dir, capsys
 ):
-    from ftk.core.train import run_training
+    from ftk.commands.train import run_training
 
     data = first_chat_rows(tmp_path / "chat.jsonl", 24)
     path = tmp_path / "cfg.yaml"

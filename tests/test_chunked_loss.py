@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -11,19 +9,12 @@ from transformers import (
     AutoModelForCausalLM,
 )
 
-from ftk.core.config.schema import FtkConfig
-from ftk.plugins.chunked_cross_entropy import rows_per_chunk
-from ftk.plugins.loss import causal_lm_loss, compute_loss
-from tests.helpers import LOGIT_TRANSFORM_FAMILIES
+from ftk.plugins.loss.chunked import rows_per_chunk
+from tests.helpers import LOGIT_TRANSFORM_FAMILIES, make_config, reference_loss, token_mean_loss
 
 
-def loss_cfg(chunked: bool, num_chunks: int | None = None) -> SimpleNamespace:
-    return SimpleNamespace(
-        chunked_cross_entropy=chunked,
-        chunked_cross_entropy_num_chunks=num_chunks,
-        router_aux_loss_coef=None,
-        gradient_accumulation_steps=1,
-    )
+def loss_cfg(chunked: bool, num_chunks: int | None = None):
+    return make_config(chunked_cross_entropy=chunked, chunked_cross_entropy_num_chunks=num_chunks)
 
 
 PLAIN = loss_cfg(chunked=False)
@@ -57,7 +48,7 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def loss_and_gradients(model, inputs, cfg) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad()
-    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=7, cfg=cfg)
+    loss = token_mean_loss(model, inputs, 7, cfg)
     loss.backward()
     return loss.item(), gradients(model)
 
@@ -99,21 +90,21 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(tiny_model_dir, make_b
 
 
 def test_default_config_and_no_config_use_the_chunked_loss(tiny_model_dir):
-    assert FtkConfig(base_model="m", datasets=[{"path": "d.jsonl"}]).chunked_cross_entropy is True
+    assert make_config().chunked_cross_entropy is True
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     rows_seen: list[int] = []
     model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
     )
     model.get_output_embeddings().weight.requires_grad_(False)  # the head is frozen, as under LoRA
-    compute_loss(model=model, inputs=padded_batch(), num_items_in_batch=None).backward()
+    token_mean_loss(model, padded_batch(), None).backward()
     # 32 trained positions at 27 rows per chunk (16 MiB of float32 logits over 151,680 tokens);
     # the first call is the model's own single kept position per row.
     assert rows_seen == [2, 27, 5]
 
     rows_seen.clear()
     model.get_output_embeddings().weight.requires_grad_(True)  # full fine-tuning trains the head
-    compute_loss(model=model, inputs=padded_batch(), num_items_in_batch=None).backward()
+    token_mean_loss(model, padded_batch(), None).backward()
     assert rows_seen == [2, 32]  # chunks of at least the hidden size (64) rows
 
 
@@ -125,14 +116,14 @@ def test_chunked_loss_never_holds_more_than_one_chunk_of_logits(tiny_model_dir):
     handle = model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
     )
-    loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=loss_cfg(True, 4))
+    loss = token_mean_loss(model, inputs, None, loss_cfg(True, 4))
     loss.backward()
     handle.remove()
     chunk = -(-trained // 4)
     # Forward: one head call for the model's own single kept position per row, then one per
     # chunk; the backward pass recomputes nothing (the chunks' gradients were taken on the way).
     assert rows_seen == [2, chunk, chunk, chunk, trained - 3 * chunk]
-    reference = causal_lm_loss(
+    reference = reference_loss(
         model(**{k: v for k, v in inputs.items() if k != "labels"}).logits, inputs["labels"], None
     )
     assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
@@ -172,8 +163,8 @@ def test_evaluation_without_gradients_matches_and_keeps_no_graph(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     inputs = padded_batch()
     with torch.no_grad():
-        chunked = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=loss_cfg(True, 3))
-        plain = compute_loss(model=model, inputs=inputs, num_items_in_batch=None, cfg=PLAIN)
+        chunked = token_mean_loss(model, inputs, None, loss_cfg(True, 3))
+        plain = token_mean_loss(model, inputs, None, PLAIN)
     assert not chunked.requires_grad
     assert chunked.item() == pytest.approx(plain.item(), abs=1e-6)
 

@@ -196,7 +196,7 @@ def test_preprocess_json_reports_counts_and_cache(tmp_path, tiny_model_dir, caps
 
 
 def test_debug_view_marks_trained_tokens_and_warns(tmp_path, tiny_model_dir, tokenizer, capsys):
-    from ftk.core.data.debug import row_warnings
+    from ftk.commands.preprocess_debug import row_warnings
 
     good = {"input_ids": [151644, 13048, 151645], "labels": [-100, 13048, 151645]}
     assert row_warnings(good, tokenizer) == []

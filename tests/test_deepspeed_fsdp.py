@@ -19,29 +19,21 @@ import torch
 import yaml
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.deepspeed import HfDeepSpeedConfig
-from pydantic import RootModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from ftk.cli import main
+from ftk.commands.train import launcher_command
 from ftk.core.config.loader import build_config_model, dump_config, load_config
 from ftk.core.errors import FtkError
-from ftk.core.hookspecs import hookimpl
-from ftk.core.launch import launcher_command
-from ftk.core.plugins import BUILTIN_PLUGINS, create_plugin_manager
-from ftk.core.train import plugin_training_arguments
+from ftk.core.launch import one_process_group_env, one_process_note
+from ftk.core.plugins import create_plugin_manager
 from ftk.integrations import deepspeed_configs
 from ftk.plugins import deepspeed as deepspeed_plugin
 from ftk.plugins import fsdp as fsdp_plugin
 from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
-# Until the plugins are built-ins, configs load them by module path (naming a built-in there fails).
-PLUGINS_LINE = (
-    ""
-    if {"deepspeed", "fsdp"} <= set(BUILTIN_PLUGINS)
-    else "plugins: [ftk.plugins.deepspeed, ftk.plugins.fsdp]"
-)
 AUTO_KEYS = (
     "train_batch_size",
     "train_micro_batch_size_per_gpu",
@@ -60,7 +52,7 @@ def write_config(
 base_model: {model_dir}
 datasets:
   - path: {data}
-{PLUGINS_LINE}
+
 adapter: lora
 lora_r: 4
 lora_alpha: 8
@@ -325,7 +317,7 @@ def test_fsdp_defaults(tmp_path):
 
 def test_no_section_no_contribution(tmp_path):
     cfg, manager = load_config(write_config(tmp_path, ""))
-    assert plugin_training_arguments(cfg, manager.hook) == {}
+    assert manager.hooks.training_arguments(cfg) == {}
 
 
 def test_deepspeed_and_fsdp_together_is_one_config_error(tmp_path, capsys):
@@ -393,32 +385,17 @@ def test_gpu_only_optimizer_with_offload(tmp_path):
     )
 
 
-class Flag(RootModel[bool]):
-    """A top-level boolean key."""
-
-
-class QuantizedLoadKeys:
-    """Stand-in for the quantization plugin's top-level ``load_in_4bit`` and ``load_in_8bit`` keys."""
-
-    @hookimpl
-    def register_config_sections(self, register):
-        register("load_in_4bit", Flag)
-        register("load_in_8bit", Flag)
-
-
 @pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
 def test_zero3_refuses_a_model_quantized_on_load(tmp_path, key):
-    manager = create_plugin_manager()
-    if key not in manager.collect_registrations().sections:
-        manager.pm.register(QuantizedLoadKeys())
+    # The quantization plugin's keys: the check reads them by name.
     with pytest.raises(FtkError) as error:
-        load_config(write_config(tmp_path, f"deepspeed: zero3\n{key}: true"), manager=manager)
+        load_config(write_config(tmp_path, f"deepspeed: zero3\n{key}: true"))
     assert str(error.value).endswith(
         f"cfg.yaml:18: {key}: ZeRO-3 (preset zero3) cannot partition a model quantized on load: ftk loads "
         "the model before DeepSpeed starts (no zero.Init); use zero2 or zero2_offload"
     )
     for fine in (f"deepspeed: zero2_offload\n{key}: true", f"deepspeed: zero3\n{key}: false"):
-        cfg, _ = load_config(write_config(tmp_path, fine), manager=manager)
+        cfg, _ = load_config(write_config(tmp_path, fine))
         assert deepspeed_plugin.config_problems(cfg) == []
 
 
@@ -454,7 +431,7 @@ def test_runtime_problems():
 
 
 def test_one_process_group_env():
-    env = deepspeed_plugin.one_process_group_env({"MASTER_PORT": "29999"})
+    env = one_process_group_env({"MASTER_PORT": "29999"})
     assert env == {
         "RANK": "0",
         "LOCAL_RANK": "0",
@@ -462,20 +439,20 @@ def test_one_process_group_env():
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": "29999",
     }
-    assert int(deepspeed_plugin.one_process_group_env({})["MASTER_PORT"]) > 0
+    assert int(one_process_group_env({})["MASTER_PORT"]) > 0
     # Started by a launcher: leave its variables alone.
-    assert deepspeed_plugin.one_process_group_env({"LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1"}) == {}
+    assert one_process_group_env({"LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1"}) == {}
 
 
 def test_one_process_notes():
-    assert deepspeed_plugin.one_process_note("fsdp", processes=2, gpus=2, offloaded=False) is None
-    assert deepspeed_plugin.one_process_note("deepspeed", processes=1, gpus=8, offloaded=True) == (
+    assert one_process_note("fsdp", processes=2, gpus=2, offloaded=False) is None
+    assert one_process_note("deepspeed", processes=1, gpus=8, offloaded=True) == (
         "deepspeed: one process on a machine with 8 GPUs; train on all of them with ftk train CONFIG --nproc-per-node 8"
     )
-    assert deepspeed_plugin.one_process_note("fsdp", processes=1, gpus=1, offloaded=False) == (
+    assert one_process_note("fsdp", processes=1, gpus=1, offloaded=False) == (
         "fsdp: one process, so there is nothing to shard across; only CPU offload saves GPU memory here"
     )
-    assert deepspeed_plugin.one_process_note("fsdp", processes=1, gpus=1, offloaded=True) is None
+    assert one_process_note("fsdp", processes=1, gpus=1, offloaded=True) is None
 
 
 def test_wrap_classes_are_checked_against_the_model(tmp_path, tiny_model_dir):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftk.core.plugins import FtkPluginManager
-from ftk.core.reference import CONFIG_REFERENCE, HOOK_REFERENCE, config_reference, hook_reference
+from ftk.reference import CONFIG_REFERENCE, HOOK_REFERENCE, config_reference, hook_reference
 
 REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
@@ -22,12 +22,12 @@ def builtin_manager() -> FtkPluginManager:
 
 def test_config_reference_is_up_to_date():
     committed = (REPO / "docs" / CONFIG_REFERENCE).read_text()
-    assert committed == config_reference(builtin_manager()), "run: python -m ftk.core.reference docs"
+    assert committed == config_reference(builtin_manager()), "run: python -m ftk.reference docs"
 
 
 def test_hook_reference_is_up_to_date():
     assert (REPO / "docs" / HOOK_REFERENCE).read_text() == hook_reference(), (
-        "run: python -m ftk.core.reference docs"
+        "run: python -m ftk.reference docs"
     )
 
 

@@ -11,7 +11,7 @@ import yaml
 from ftk.core.config.loader import load_config
 from ftk.core.errors import FtkError
 from ftk.core.plugins import FtkPluginManager
-from ftk.plugins import advisor_rules as advisor
+from ftk.plugins.advisor import rules as advisor
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

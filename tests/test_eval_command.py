@@ -60,7 +60,7 @@ def config(workdir, sharp_model_dir) -> Path:
 
 def eval_rows(config: Path, tokenizer=None):
     cfg, manager = load_config(config)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg, manager.hook)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg, manager.hooks)[0]
     return prepare_data(cfg, tokenizer, manager.collect_registrations()).eval
 
 

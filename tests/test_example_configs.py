@@ -21,7 +21,7 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.data.packing import PackedBatchSampler
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.plugins.advisor import optimizer_steps
-from ftk.plugins.advisor_rules import RunFacts, evaluate
+from ftk.plugins.advisor.rules import RunFacts, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
@@ -93,7 +93,7 @@ def test_the_qwen3_examples_exist_and_are_what_their_names_say(monkeypatch):
         assert configs[name].output_dir.startswith("outputs/"), name
     assert configs["qwen3-0.6b/lora.yaml"].adapter == "lora"
     qlora = configs["qwen3-0.6b/qlora.yaml"]
-    assert qlora.adapter == "qlora" and qlora.section("load_in_4bit").root is True
+    assert qlora.adapter == "qlora" and qlora.load_in_4bit is True
     assert configs["qwen3-0.6b/full.yaml"].adapter is None and configs["qwen3-0.6b/full.yaml"].bf16
     assert configs["qwen3-0.6b/full.yaml"].learning_rate <= 5e-5
     assert [(d.path, d.type) for d in configs["qwen3-0.6b/mix.yaml"].datasets] == [
@@ -112,7 +112,7 @@ def test_the_qwen3_examples_exist_and_are_what_their_names_say(monkeypatch):
 @pytest.fixture(scope="module")
 def prepare(tmp_path_factory):
     """``prepare(cfg)``: the config's data tokenized with Qwen's BPE and cached, once per data setting."""
-    from ftk.tiny_model import build_tokenizer
+    from ftk.plugins.tiny_model.builder import build_tokenizer
 
     tokenizer = build_tokenizer()
     cache_dir = tmp_path_factory.mktemp("prepared")

@@ -183,11 +183,11 @@ def test_callback_only_with_the_section_and_every_nth_training_step(tmp_path):
 
     model_dir = tmp_path / "model"  # validation only: no model is loaded
     cfg, manager = load_config(write_config(tmp_path, model_dir, dataset=""))
-    callbacks = [cb for group in manager.hook.trainer_callbacks(cfg=cfg) for cb in group]
+    callbacks = manager.hooks.trainer_callbacks(cfg)
     assert not any(isinstance(cb, StepLogCallback) for cb in callbacks)
 
     cfg, manager = load_config(write_config(tmp_path, model_dir, dataset="", extra="example: {}"))
-    callbacks = [cb for group in manager.hook.trainer_callbacks(cfg=cfg) for cb in group]
+    callbacks = manager.hooks.trainer_callbacks(cfg)
     (ours,) = [cb for cb in callbacks if isinstance(cb, StepLogCallback)]
     assert (ours.path, ours.log_every) == (tmp_path / "out" / LOG_FILE, 1)
 

@@ -14,14 +14,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from ftk.cli import main
-from ftk.core.config.loader import load_config
-from ftk.generate import (
+from ftk.commands.generate import (
     GenerateOptions,
     chat_formatter,
     generate,
     read_prompt,
     stop_token_ids,
 )
+from ftk.core.config.loader import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"

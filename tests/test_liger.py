@@ -28,21 +28,20 @@ from ftk.cli import main
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
+from ftk.core.lm import logit_transform
 from ftk.core.model import load_model, load_tokenizer
-from ftk.core.plugins import BUILTIN_PLUGINS, FtkPluginManager, create_plugin_manager
 from ftk.core.step_metrics import StepMetrics
+from ftk.core.trainer import micro_batch_loss
 from ftk.integrations import liger as liger_integration
 from ftk.plugins import liger as liger_plugin
-from ftk.plugins.loss import compute_loss as default_loss
-from tests.helpers import LOGIT_TRANSFORM_FAMILIES, SMALL_SHAPE, first_chat_rows
+from ftk.plugins.loss import summed_loss
+from tests.helpers import LOGIT_TRANSFORM_FAMILIES, SMALL_SHAPE, builtin_manager, first_chat_rows, make_config
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = (
     "Liger's kernels need a GPU (CUDA, ROCm or Intel XPU) and this machine has none; "
     "remove the liger_* keys to train here"
 )
-# Until "liger" is in BUILTIN_PLUGINS, configs name the module (a built-in must not be named again).
-PLUGINS_LINE = "" if "liger" in BUILTIN_PLUGINS else "plugins: [ftk.plugins.liger]\n"
 # apply_liger_kernel_to_qwen3's keyword arguments and defaults in liger-kernel 0.8.5 (checked
 # against the installed function where Liger can run: test_qwen3_patch_function_is_as_read).
 QWEN3_PARAMETERS = {
@@ -65,20 +64,13 @@ liger_importable = pytest.mark.skipif(
 no_gpu_only = pytest.mark.skipif(liger_integration.gpu_available(), reason="checks the error without a GPU")
 
 
-def manager_with_liger() -> FtkPluginManager:
-    manager = create_plugin_manager()
-    if "liger" not in manager.infos:
-        manager.load_config_plugins(["ftk.plugins.liger"])
-    return manager
-
-
 def write_config(path: Path, model_dir: Path | str, extra: str, data: Path | str = "unused.jsonl") -> Path:
     path.write_text(
         f"""\
 base_model: {model_dir}
 datasets:
   - path: {data}
-{PLUGINS_LINE}sequence_len: 256
+sequence_len: 256
 output_dir: {path.parent / "out"}
 dataset_prepared_path: {path.parent / "prepared"}
 {extra}"""
@@ -87,7 +79,7 @@ dataset_prepared_path: {path.parent / "prepared"}
 
 
 def config(tmp_path: Path, model_dir: Path | str, extra: str) -> FtkConfig:
-    cfg, _ = load_config(write_config(tmp_path / "cfg.yaml", model_dir, extra), manager=manager_with_liger())
+    cfg, _ = load_config(write_config(tmp_path / "cfg.yaml", model_dir, extra))
     return cfg
 
 
@@ -117,7 +109,7 @@ def test_keys_are_axolotl_top_level_switches_and_default_off(tmp_path):
 def test_bad_values_and_misspelled_keys_are_reported_with_their_lines(tmp_path):
     path = write_config(tmp_path / "cfg.yaml", "unused", "liger_rope: maybe\nliger_rms_norms: true\n")
     with pytest.raises(FtkError) as error:
-        load_config(path, manager=manager_with_liger())
+        load_config(path)
     line = path.read_text().splitlines().index("liger_rope: maybe") + 1
     assert str(error.value).splitlines() == [
         f"{path}:{line}: liger_rope: Input should be a valid boolean, unable to interpret input (got 'maybe')",
@@ -126,14 +118,11 @@ def test_bad_values_and_misspelled_keys_are_reported_with_their_lines(tmp_path):
 
 
 def test_the_fused_loss_hook_is_asked_before_the_default_and_passes_when_off(tmp_path):
-    manager = manager_with_liger()
-    order = [impl.plugin_name for impl in reversed(manager.hook.compute_loss.get_hookimpls())]
-    assert order.index("ftk.plugins.liger" if PLUGINS_LINE else "liger") < order.index("loss")
+    manager = builtin_manager()
+    order = [impl.plugin_name for impl in reversed(manager.pm.hook.compute_loss.get_hookimpls())]
+    assert order.index("liger") < order.index("loss") == len(order) - 1  # the default loss is trylast
     cfg = config(tmp_path, "unused", "liger_rope: true\n")
-    assert (
-        liger_plugin.compute_loss(cfg=cfg, model=None, inputs={}, num_items_in_batch=None, metrics=None)
-        is None
-    )
+    assert liger_plugin.compute_loss(cfg=cfg, model=None, inputs={}) is None
 
 
 def test_no_kernels_means_no_work(tmp_path):
@@ -145,7 +134,7 @@ def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
     extra = "liger_cross_entropy: true\nliger_fused_linear_cross_entropy: true\nchunked_cross_entropy: true\n"
     path = write_config(tmp_path / "cfg.yaml", "unused", extra)
     with pytest.raises(FtkError) as error:
-        load_config(path, manager=manager_with_liger())
+        load_config(path)
     line = path.read_text().splitlines().index("liger_cross_entropy: true") + 1
     assert str(error.value).splitlines() == [
         f"{path}:{line}: liger_cross_entropy: cannot be combined with liger_fused_linear_cross_entropy, "
@@ -155,7 +144,7 @@ def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
     ]
     # chunked_cross_entropy is on by default: left unset, Liger's fused loss simply replaces it.
     path = write_config(tmp_path / "cfg.yaml", "unused", "liger_fused_linear_cross_entropy: true\n")
-    cfg, _ = load_config(path, manager=manager_with_liger())
+    cfg, _ = load_config(path)
     assert cfg.chunked_cross_entropy and liger_plugin.key_problems(cfg) == []
 
 
@@ -163,8 +152,9 @@ def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
 def test_without_a_gpu_the_first_key_on_is_named(tmp_path):
     cfg = config(tmp_path, "unused", "liger_glu_activation: true\nliger_rope: true\n")
     with pytest.raises(FtkError) as error:
-        liger_plugin.pre_model_load(cfg=cfg)
+        liger_plugin.check_environment(cfg=cfg, purpose="train")
     assert str(error.value) == f"liger_rope: {NO_GPU}"
+    liger_plugin.check_environment(cfg=cfg, purpose="preprocess")  # no model is loaded for that
 
 
 @no_gpu_only
@@ -308,13 +298,30 @@ def packed_batch(vocab: int = 5000) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
+class LossHooks:
+    """What the core's loss arithmetic asks of the hooks: one loss function."""
+
+    def __init__(self, compute) -> None:
+        self.compute = compute
+
+    def compute_loss(self, cfg, model, inputs):
+        return self.compute(model, inputs)
+
+
+def step_loss(model, batch, num_items, fused: bool, kernel=torch_kernel, cfg=None, metrics=None):
+    """The loss the trainer trains on, with the fused loss (``kernel``) or the default one."""
+    cfg = cfg or make_config()
+    if fused:
+        hooks = LossHooks(lambda m, inputs: liger_plugin.fused_loss(m, inputs, kernel=kernel))
+    else:
+        hooks = LossHooks(lambda m, inputs: summed_loss(m, inputs, cfg.section("chunked_cross_entropy")))
+    return micro_batch_loss(cfg, hooks, model, batch, num_items, metrics)
+
+
 def losses_and_grads(model, batch, num_items, fused: bool, kernel=torch_kernel, cfg=None):
     model.zero_grad()
     metrics = StepMetrics()
-    if fused:
-        loss = liger_plugin.fused_loss(model, batch, num_items, cfg=cfg, metrics=metrics, kernel=kernel)
-    else:
-        loss = default_loss(model, batch, num_items, cfg=cfg, metrics=metrics)
+    loss = step_loss(model, batch, num_items, fused, kernel, cfg, metrics)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, metrics.pop_means()
@@ -356,8 +363,8 @@ def test_evaluation_under_no_grad_sums_like_the_default(tiny):
     tiny.eval()
     try:
         with torch.no_grad():
-            fused = liger_plugin.fused_loss(tiny, padded_batch(), 1, kernel=torch_kernel)
-            expected = default_loss(tiny, padded_batch(), 1)
+            fused = step_loss(tiny, padded_batch(), 1, fused=True)
+            expected = step_loss(tiny, padded_batch(), 1, fused=False)
     finally:
         tiny.train()
     assert fused.item() == pytest.approx(expected.item(), abs=1e-5)
@@ -382,19 +389,19 @@ def test_the_output_head_computes_no_logits(tiny):
 def test_a_batch_without_trained_tokens_gives_zero_with_gradients(tiny):
     batch = padded_batch()
     batch["labels"] = torch.full_like(batch["labels"], -100)
-    loss = liger_plugin.fused_loss(tiny, batch, None, kernel=torch_kernel)
-    loss.backward()
-    assert loss.item() == 0.0
+    result = liger_plugin.fused_loss(tiny, batch, kernel=torch_kernel)
+    result.summed.backward()
+    assert result.summed.item() == 0.0 and result.tokens == 0
     assert all(p.grad is not None for p in tiny.parameters())
     tiny.zero_grad()
 
 
 def lora_model(model_dir: Path, **keys):
     """The tiny model with an adapter, loaded the way a run loads it (through the hooks)."""
-    cfg = FtkConfig(base_model=str(model_dir), datasets=[{"path": "unused.jsonl"}], adapter="lora", **keys)
-    hooks = create_plugin_manager().hook
-    tokenizer = load_tokenizer(cfg, hooks)
-    return load_model(cfg, hooks, tokenizer), tokenizer
+    cfg = make_config(base_model=model_dir, adapter="lora", **keys)
+    manager = builtin_manager()
+    tokenizer, new_ids = load_tokenizer(cfg, manager.hooks)
+    return load_model(cfg, manager.hooks, manager.collect_registrations(), tokenizer, new_ids), tokenizer
 
 
 def test_peft_new_token_rows_on_the_tied_head_get_the_same_gradients(tiny_model_dir):
@@ -423,19 +430,14 @@ def test_whole_head_in_modules_to_save_is_used(tiny_model_dir):
 def test_a_lora_adapted_head_is_an_error(tiny_model_dir):
     model, _ = lora_model(tiny_model_dir, lora_target_modules=["q_proj", "lm_head"])
     with pytest.raises(FtkError, match=r"^liger_fused_linear_cross_entropy: the output head carries a LoRA"):
-        liger_plugin.fused_loss(model, padded_batch(), None, kernel=torch_kernel)
+        liger_plugin.fused_loss(model, padded_batch(), kernel=torch_kernel)
 
 
 def test_router_loss_is_added_and_reported_like_the_default():
     torch.manual_seed(0)
     config = Qwen3MoeConfig(**SMALL_SHAPE, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
     model = Qwen3MoeForCausalLM(config).train()
-    cfg = FtkConfig(
-        base_model="unused",
-        datasets=[{"path": "unused.jsonl"}],
-        router_aux_loss_coef=0.5,
-        gradient_accumulation_steps=2,
-    )
+    cfg = make_config(router_aux_loss_coef=0.5, gradient_accumulation_steps=2)
     _, _, metrics = losses_and_grads(model, padded_batch(512), None, fused=True, cfg=cfg)
     assert metrics["router_aux_loss"] > 0.5  # a real load-balancing loss was added
     assert_same(model, padded_batch(512), cfg=cfg)
@@ -462,7 +464,7 @@ def test_families_that_transform_their_logits(model_class, config):
         torch_kernel(hidden[:, :-1][keep], model.lm_head.weight, batch["labels"][:, 1:][keep]) / keep.sum()
     )
     assert abs(plain.item() - loss.item()) > 0.01
-    assert liger_plugin.logit_transform(config) in ((1.0, 2.0), (0.25, None))
+    assert logit_transform(config) in ((1.0, 2.0), (0.25, None))
 
 
 # --- on a GPU, with Liger ---------------------------------------------------------------------------
@@ -484,7 +486,7 @@ def test_liger_kernel_matches_the_default_loss(tiny_model_dir, dtype, make_batch
     results = {}
     for fused in (True, False):
         model.zero_grad()
-        loss = liger_plugin.fused_loss(model, batch, None) if fused else default_loss(model, batch, None)
+        loss = step_loss(model, batch, None, fused, kernel=None)
         loss.backward()
         grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
         results[fused] = (loss.item(), grads)
@@ -497,7 +499,7 @@ def test_liger_kernel_matches_the_default_loss(tiny_model_dir, dtype, make_batch
 CHILD = """\
 import json, sys
 from ftk.core.config.loader import load_config
-from ftk.core.train import run_training
+from ftk.commands.train import run_training
 cfg, manager = load_config(sys.argv[1])
 result = run_training(cfg, manager)
 print(json.dumps(sorted({type(module).__name__ for module in result.model.modules()})))

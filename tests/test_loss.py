@@ -1,11 +1,13 @@
-"""The default loss: computing logits only where tokens are trained changes nothing."""
+"""The default loss: computing logits only where tokens are trained changes nothing; the core divides by the step's tokens."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftk.plugins.loss import causal_lm_loss, compute_loss
+from tests.helpers import make_config, reference_loss, token_mean_loss
 
 
 def test_trained_position_loss_equals_full_logits_loss_and_gradients(tiny_model_dir):
@@ -19,20 +21,26 @@ def test_trained_position_loss_equals_full_logits_loss_and_gradients(tiny_model_
     mask[1, 12:] = 0
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    fast = compute_loss(model=model, inputs=inputs, num_items_in_batch=None)
-    fast.backward()
-    fast_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    full = causal_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels, None)
-    full.backward()
+    for chunked in (True, False):
+        model.zero_grad()
+        fast = token_mean_loss(model, inputs, cfg=make_config(chunked_cross_entropy=chunked))
+        fast.backward()
+        fast_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        full = reference_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+        full.backward()
 
-    assert torch.allclose(fast, full, atol=1e-6)
-    for a, b in zip(fast_grads, (p.grad for p in model.parameters()), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(fast, full, atol=1e-6)
+        for a, b in zip(fast_grads, (p.grad for p in model.parameters()), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_num_items_in_batch_sets_the_denominator():
-    logits = torch.zeros(1, 3, 4)  # uniform: every trained token costs log(4)
-    labels = torch.tensor([[-100, 1, 2]])
-    loss = causal_lm_loss(logits, labels, num_items_in_batch=4)
-    assert torch.isclose(loss, torch.log(torch.tensor(4.0)) * 2 / 4)
+def test_num_items_in_batch_sets_the_denominator(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # uniform logits: every trained token costs ln V
+    vocab = model.config.vocab_size
+    inputs = {"input_ids": torch.tensor([[5, 6, 7]]), "labels": torch.tensor([[-100, 6, 7]])}
+    # Two trained tokens in this micro-batch, four in the whole optimizer step.
+    assert token_mean_loss(model, inputs, 4).item() == torch.tensor(2 * math.log(vocab) / 4).item()
+    assert abs(token_mean_loss(model, inputs, None).item() - math.log(vocab)) < 1e-5

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ftk.core.config.loader import load_config
-from ftk.core.train import run_training
+from ftk.commands.train import run_training
 from tests.helpers import first_chat_rows
 
 EPSILON = 0.1

@@ -13,9 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftk.cli import main
 from ftk.core.config.loader import load_config
-from ftk.core.train import run_training
-from ftk.plugins.loss import compute_loss
-from tests.helpers import write_alpaca_config
+from ftk.commands.train import run_training
+from tests.helpers import token_mean_loss, write_alpaca_config
 
 NEW_TOKEN_ID = 151_646  # the first id after the tiny model's 151,646 tokens
 PROMPT = torch.tensor([[151644, 872, 198, 13048, NEW_TOKEN_ID, 151645, 198, 151644, 77091, 198]])
@@ -103,9 +102,9 @@ def test_dora_run_trains_saves_use_dora_and_merges_exactly(tiny_model_dir, tmp_p
     batch = padded_batch(result.data.train.select(range(4)))
     model = result.model.eval()
     with torch.no_grad():
-        trained = compute_loss(model, batch, None)
+        trained = token_mean_loss(model, batch, None)
         with model.disable_adapter():
-            untrained = compute_loss(model, batch, None)
+            untrained = token_mean_loss(model, batch, None)
     assert trained < untrained - 0.05, (trained, untrained)
 
     merged_dir = tmp_path / "merged"

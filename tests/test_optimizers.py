@@ -1,4 +1,4 @@
-"""Built-in optimizers and schedules, and replacing both from a plugin named in the config."""
+"""The built-in optimizers and schedules (plugins adding their own: test_registrations.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,22 @@ from transformers.optimization import Adafactor
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.core.train import run_training
-from ftk.plugins.optimizers import (
-    create_optimizer,
-    create_scheduler,
-    import_optional,
-    parameter_groups,
-    warmup_steps,
-)
-from tests.fixture_plugins import custom_optimizer
-from tests.helpers import first_chat_rows
+from ftk.commands.train import run_training
+from ftk.core.trainer import build_optimizer, build_scheduler, parameter_groups, warmup_steps
+from ftk.plugins.optimizers import import_optional
+from tests.helpers import builtin_manager, first_chat_rows, make_config
 
 
 def config(**keys) -> FtkConfig:
-    return FtkConfig.model_validate({"base_model": "m", "datasets": [{"path": "a.jsonl"}], **keys})
+    return make_config(**keys)
+
+
+def create_optimizer(cfg: FtkConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return build_optimizer(cfg, builtin_manager().collect_registrations(), model)
+
+
+def create_scheduler(cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int):
+    return build_scheduler(cfg, builtin_manager().collect_registrations(), optimizer, num_training_steps)
 
 
 class Small(torch.nn.Module):
@@ -319,16 +321,3 @@ def test_training_logs_the_builtin_schedule(tmp_path, tiny_model_dir, few_chats)
     expected = [0.0, 1e-3] + [1e-3 * (0.1 + 0.9 * c) for c in cosine]
     assert expected[3] == pytest.approx(0.55e-3, rel=1e-12)
     assert [e["learning_rate"] for e in logs] == pytest.approx(expected, rel=1e-12)
-
-
-@pytest.mark.slow
-def test_plugin_replaces_optimizer_and_scheduler(tmp_path, tiny_model_dir, few_chats):
-    # The config asks for AdamW with a cosine schedule; the plugin's hooks win over the built-ins.
-    extra = (
-        "plugins: [tests.fixture_plugins.custom_optimizer]\noptimizer: adamw_torch\nlearning_rate: 1.0e-4\n"
-    )
-    logs = train(tmp_path, tiny_model_dir, few_chats, extra)
-    rate = custom_optimizer.LEARNING_RATE
-    assert [e["learning_rate"] for e in logs] == [rate, rate, rate / 2, rate / 2, rate / 4]
-    report = json.loads((tmp_path / "out" / custom_optimizer.REPORT_NAME).read_text())
-    assert report == {"optimizer": "SGD", "momentum": 0.0, "scheduler": "StepLR"}

@@ -19,8 +19,8 @@ from ftk.core.data.packing import (
     pack_lengths,
     packing_efficiency,
 )
-from ftk.core.train import run_training
-from ftk.plugins.loss import compute_loss
+from ftk.commands.train import run_training
+from tests.helpers import token_mean_loss
 
 REPO = Path(__file__).resolve().parents[1]
 PAD = 151643
@@ -60,7 +60,7 @@ def loss_and_grads(model, batches: list[dict], num_items: int):
     total = 0.0
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k != REAL_TOKENS_KEY}
-        loss = compute_loss(model=model, inputs=inputs, num_items_in_batch=num_items)
+        loss = token_mean_loss(model, inputs, num_items)
         loss.backward()
         total += loss.item()
     return total, gradients(model)

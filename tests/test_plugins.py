@@ -49,9 +49,14 @@ def test_builtins_load_in_order_with_their_hooks():
     manager = create_plugin_manager()
     builtins = [info for info in manager.infos.values() if info.source == "built-in"]
     assert [info.name for info in builtins] == list(BUILTIN_PLUGINS)
-    assert manager.infos["lora"].hooks == ["apply_adapter", "register_commands"]
+    assert manager.infos["lora"].hooks == [
+        "config_problems",
+        "register_adapters",
+        "register_commands",
+        "register_config_sections",
+    ]
     assert manager.infos["hf_model"].hooks == ["load_model", "load_tokenizer"]
-    assert manager.infos["loss"].hooks == ["compute_loss"]
+    assert manager.infos["loss"].hooks == ["compute_loss", "register_config_sections"]
 
 
 def test_entry_point_plugin_is_discovered_and_its_command_runs(greeter_dist, capsys):
@@ -105,9 +110,10 @@ def test_config_plugin_overrides_first_result_hook():
     manager = FtkPluginManager()
     manager.load_builtins()
     manager.load_config_plugins(["tests.fixture_plugins.section_plugin"])
-    impls = [impl.plugin_name for impl in manager.hook.compute_loss.get_hookimpls()]
-    # pluggy calls the last registered first: the config plugin answers before the built-in.
-    assert impls[-1] == "tests.fixture_plugins.section_plugin"
+    impls = [impl.plugin_name for impl in manager.pm.hook.compute_loss.get_hookimpls()]
+    # pluggy calls the last of this list first: the config plugin answers before the built-in,
+    # whose default loss is trylast.
+    assert impls[-1] == "tests.fixture_plugins.section_plugin" and impls[0] == "loss"
     assert manager.infos["tests.fixture_plugins.section_plugin"].version == "1.2.3"
 
 
@@ -117,7 +123,7 @@ def test_trace_prints_calls_implementations_and_results():
         "from ftk.core.config.schema import FtkConfig\n"
         "from ftk.core.plugins import create_plugin_manager\n"
         "m = create_plugin_manager()\n"
-        "m.hook.trainer_callbacks(cfg=FtkConfig(base_model='m', datasets=[{'path': 'd'}]))\n"
+        "m.hooks.trainer_callbacks(FtkConfig(base_model='m', datasets=[{'path': 'd'}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     lines = result.stderr.splitlines()
@@ -136,7 +142,7 @@ def test_ftk_plugins_lists_builtins_sources_and_hooks(capsys):
     out = capsys.readouterr().out
     for name in BUILTIN_PLUGINS:
         assert name in out
-    assert "built-in" in out and "apply_adapter" in out
+    assert "built-in" in out and "register_adapters" in out
 
 
 def test_a_name_registered_twice_names_both_plugins(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from ftk.cli import main
 from ftk.core.config.loader import load_config
 from ftk.core.errors import FtkError
 from ftk.core.plugins import BUILTIN_PLUGINS
-from ftk.core.train import run_training
+from ftk.commands.train import run_training
 from ftk.plugins import profiling
 from ftk.plugins.profiling import (
     ProfilerSettings,

@@ -20,8 +20,7 @@ from ftk.cli import main
 from ftk.core.config.loader import dump_config, load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.core.plugins import BUILTIN_PLUGINS
-from ftk.core.train import run_training
+from ftk.commands.train import run_training
 from ftk.integrations import bnb, torchao
 from ftk.plugins import lora, quantization
 from ftk.plugins.hf_model import model_dtype
@@ -32,14 +31,6 @@ HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 needs_torchao = pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed")
 needs_bnb = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
-
-# Until "quantization" is a built-in plugin, configs load it through `plugins:`.
-PLUGINS_LINE = "" if "quantization" in BUILTIN_PLUGINS else "plugins: [ftk.plugins.quantization]\n"
-# adapter: qlora needs the schema to accept it; until it does, such a run stops with the config error.
-QLORA_IN_SCHEMA = "qlora" in str(FtkConfig.model_fields["adapter"].annotation)
-until_qlora = pytest.mark.xfail(
-    not QLORA_IN_SCHEMA, reason="the schema does not accept adapter: qlora yet", raises=FtkError, strict=True
-)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def write_config(
 ) -> Path:
     path = tmp_path / "cfg.yaml"
     path.write_text(
-        f"base_model: {base_model}\n{PLUGINS_LINE}datasets:\n  - path: {data}\n"
+        f"base_model: {base_model}\ndatasets:\n  - path: {data}\n"
         f"sequence_len: 384\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
         + body
     )
@@ -153,9 +144,9 @@ def test_every_torchao_method_of_the_schema_has_a_torchao_class():
 
 @needs_torchao
 def test_the_hook_contributes_the_config_only_when_asked(tmp_path):
-    assert quantization.model_load_kwargs(cfg=config(tmp_path, "adapter: lora\n")) == {}
+    assert quantization.model_load_kwargs(cfg=config(tmp_path, "adapter: lora\n"), purpose="train") == {}
     contributed = quantization.model_load_kwargs(
-        cfg=config(tmp_path, "adapter: lora\nquantization:\n  method: int8_weight_only\n")
+        cfg=config(tmp_path, "adapter: lora\nquantization:\n  method: int8_weight_only\n"), purpose="train"
     )
     assert list(contributed) == ["quantization_config"]
     assert type(contributed["quantization_config"].quant_type).__name__ == "Int8WeightOnlyConfig"
@@ -171,18 +162,11 @@ def test_resolved_config_keeps_the_top_level_keys_and_reloads(tmp_path):
     assert resolve(load_config(again)[0]) == resolve(cfg)
 
 
-def test_unquantized_copy_loads_the_base_in_full_precision(tmp_path):
-    cfg = config(tmp_path, "adapter: lora\nload_in_4bit: true\nbnb_4bit_quant_type: fp4\nlora_r: 4\n")
-    plain = quantization.unquantized(cfg.model_copy(update={"adapter": "qlora"}))
-    assert resolve(plain) is None and quantization.problems(plain) == []
-    assert quantization.model_load_kwargs(cfg=plain) == {}
-    assert (plain.adapter, plain.lora_r, plain.load_in_4bit, plain.bnb_4bit_quant_type) == (
-        "lora",
-        4,
-        None,
-        None,
-    )
-    assert resolve(cfg).bits == 4  # the original is untouched
+def test_a_merge_loads_the_base_in_full_precision(tmp_path):
+    cfg = config(tmp_path, "adapter: qlora\nload_in_4bit: true\nbnb_4bit_quant_type: fp4\nlora_r: 4\n")
+    assert quantization.model_load_kwargs(cfg=cfg, purpose="merge") == {}
+    quantization.post_model_load(cfg=cfg, model=None, purpose="merge")  # nothing to check or prepare
+    assert list(quantization.model_load_kwargs(cfg=cfg, purpose="inference")) == ["quantization_config"]
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -369,7 +353,7 @@ def test_an_unquantized_base_is_an_error_after_loading(tmp_path, tiny_model_dir)
     cfg = config(tmp_path, "adapter: lora\nload_in_8bit: true\n")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(FtkError) as raised:
-        quantization.post_model_load(cfg=cfg, model=model)
+        quantization.post_model_load(cfg=cfg, model=model, purpose="train")
     assert str(raised.value) == (
         "load_in_8bit: the base model was loaded unquantized: the plugin that loaded it (Qwen3ForCausalLM) "
         "did not pass on the quantization_config of model_load_kwargs"
@@ -382,9 +366,9 @@ def test_an_unquantized_base_is_an_error_after_loading(tmp_path, tiny_model_dir)
 def quantized_base(cfg: FtkConfig, model_dir: Path) -> torch.nn.Module:
     """The base as a run loads it: from_pretrained with the plugin's kwargs, then its post-load step."""
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=model_dtype(cfg), **quantization.model_load_kwargs(cfg=cfg)
+        model_dir, dtype=model_dtype(cfg), **quantization.model_load_kwargs(cfg=cfg, purpose="train")
     )
-    quantization.post_model_load(cfg=cfg, model=model)
+    quantization.post_model_load(cfg=cfg, model=model, purpose="train")
     return model
 
 
@@ -473,7 +457,6 @@ def test_lora_run_on_an_int8_weight_only_base_trains_and_saves(tmp_path, tiny_mo
             "adapter: qlora\nload_in_4bit: true\n",
             "Linear4bit",
             "bitsandbytes 4-bit nf4",
-            marks=until_qlora,
             id="qlora",
         ),
         pytest.param(

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from ftk.cli import main
 from ftk.core.config.loader import load_config
-from ftk.core.train import run_training
+from ftk.commands.train import run_training
 from tests.helpers import first_chat_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.run(
-        [sys.executable, "-m", "ftk.cli", "train", str(config)],
+        [sys.executable, "-m", "ftk.cli", "train", str(config), "--lr_scheduler", "kill_while_saving"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -188,10 +188,10 @@ def test_step_health_reads_the_loss_and_a_tensor_or_float_grad_norm_and_resets()
 
     from ftk.core.trainer import FtkTrainer
 
-    state = SimpleNamespace(_step_loss=torch.tensor(2.5), _last_grad_norm=torch.tensor(float("inf")))
+    state = SimpleNamespace(_step_loss=torch.tensor(2.5), last_grad_norm=torch.tensor(float("inf")))
     assert FtkTrainer._step_health(state) == (2.5, float("inf"))  # a tensor norm (Trainer's own)
-    assert state._step_loss.item() == 0.0 and state._last_grad_norm is None
+    assert state._step_loss.item() == 0.0 and state.last_grad_norm is None
     state._step_loss += 1.25
-    state._last_grad_norm = 0.75  # DeepSpeed hands over a float
+    state.last_grad_norm = 0.75  # DeepSpeed hands over a float
     assert FtkTrainer._step_health(state) == (1.25, 0.75)
     assert FtkTrainer._step_health(state) == (0.0, None)  # no clipping: no norm

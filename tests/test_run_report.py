@@ -1,4 +1,4 @@
-"""End-of-run reports: the loss plot (``ftk.plugins.run_report``) and the summary (``ftk.core.summary``)."""
+"""End-of-run reports (the ``run_report`` plugin): the loss plot and the summary table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from transformers import TrainerState
 from ftk import __version__
 from ftk.core.config.schema import FtkConfig
 from ftk.core.plugins import FtkPluginManager
-from ftk.core.summary import (
+from ftk.plugins import run_report
+from ftk.plugins.run_report.plot import LossSeries, loss_series, moving_average, plot_title, write_loss_plot
+from ftk.plugins.run_report.summary import (
     format_bytes,
     format_duration,
     mean_tokens_per_second,
@@ -27,8 +29,6 @@ from ftk.core.summary import (
     train_loss_trend,
     write_summary,
 )
-from ftk.plugins import run_report
-from ftk.plugins.run_report import LossSeries, loss_series, moving_average, plot_title, write_loss_plot
 
 NAN, INF = float("nan"), float("inf")
 
@@ -188,34 +188,41 @@ def test_plot_title_names_a_local_model_by_its_folder(tmp_path):
 # --- the plugin's hooks --------------------------------------------------------------------------
 
 
-def test_run_report_plugin_implements_the_report_hooks():
+def test_run_report_plugin_implements_the_report_hook():
     manager = FtkPluginManager()
     manager.load_builtins()
-    assert manager.infos["run_report"].hooks == ["run_finished", "summary_rows"]
+    assert manager.infos["run_report"].hooks == ["run_finished"]
 
 
-def test_run_finished_writes_loss_png_into_output_dir(tmp_path):
+def test_run_finished_writes_loss_png_and_the_summary_into_output_dir(tmp_path, capsys):
     cfg = make_cfg(tmp_path / "out")
     trainer = fake_trainer(LOG_HISTORY, global_step=12)
-    assert run_report.summary_rows(cfg=cfg, trainer=trainer) == []  # nothing written yet
-
-    run_report.run_finished(cfg=cfg, trainer=trainer)
+    run_report.run_finished(cfg=cfg, trainer=trainer, status="finished", rows=[("plugin row", "value")])
 
     plot = tmp_path / "out" / "loss.png"
     assert imread(plot).shape == (450, 800, 4)
-    assert run_report.summary_rows(cfg=cfg, trainer=trainer) == [("loss plot", str(plot))]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    labels = [
+        line.split(" | ")[0].removeprefix("| ") for line in summary.splitlines() if line.startswith("| ")
+    ]
+    assert labels[:2] == ["item", "status"]
+    assert labels[-3:] == ["plugin row", "loss plot", "output directory"]
+    assert f"| loss plot | {plot} |" in summary
+    assert "training summary" in capsys.readouterr().err  # the same table, printed
 
 
-def test_only_the_main_process_writes_the_plot(tmp_path):
+def test_only_the_main_process_writes_reports(tmp_path):
     cfg = make_cfg(tmp_path)
-    run_report.run_finished(cfg=cfg, trainer=fake_trainer(LOG_HISTORY, is_world_process_zero=False))
-    assert not (tmp_path / "loss.png").exists()
+    trainer = fake_trainer(LOG_HISTORY, is_world_process_zero=False)
+    run_report.run_finished(cfg=cfg, trainer=trainer, status="finished", rows=[])
+    assert not (tmp_path / "loss.png").exists() and not (tmp_path / "summary.md").exists()
 
 
 def test_no_loss_plot_row_for_a_run_without_loss(tmp_path):
     cfg = make_cfg(tmp_path)
     write_loss_plot(LOG_HISTORY, tmp_path / "loss.png", "an earlier run")
-    assert run_report.summary_rows(cfg=cfg, trainer=fake_trainer([])) == []
+    run_report.run_finished(cfg=cfg, trainer=fake_trainer([]), status="finished", rows=[])
+    assert "loss plot" not in (tmp_path / "summary.md").read_text()
 
 
 # --- the summary -----------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
-from ftk import tiny_model as tm
 from ftk.core.errors import FtkError
 from ftk.integrations import qwen_tokenizer as qt
 from ftk.plugins import tiny_model as plugin
+from ftk.plugins.tiny_model import builder as tm
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}

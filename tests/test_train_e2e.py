@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftk.cli import main
 from ftk.core.config.loader import load_config
-from ftk.core.train import RESOLVED_CONFIG_NAME, run_training
+from ftk.commands.train import RESOLVED_CONFIG_NAME, run_training
 from tests.helpers import first_chat_rows
 
 

@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ftk.core.files import fsync_tree, publish_directory
+
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_PREFIX = ".incomplete-"
 #: The file Trainer writes last into a checkpoint; a directory without it is not a checkpoint.
@@ -46,7 +48,7 @@ def complete_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return []
     found = [path for path in root.iterdir() if is_complete(path)]
-    return sorted(found, key=lambda path: int(_CHECKPOINT_NAME.match(path.name).group(1)))
+    return sorted(found, key=lambda path: int(path.name.rpartition("-")[2]))
 
 
 def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
@@ -66,18 +68,12 @@ def remove_incomplete(output_dir: str | os.PathLike[str]) -> list[Path]:
     return leftovers
 
 
-def _fsync_tree(path: Path) -> None:
-    """Flush every file under ``path`` to disk, so the rename publishes complete files."""
-    for item in path.rglob("*"):
-        if item.is_file():
-            with item.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def publish(staged: Path, final: Path) -> None:
-    """Move a fully written checkpoint from its staging directory to its final name, atomically."""
-    _fsync_tree(staged)
-    if final.exists():  # saved twice at the same step (e.g. a signal right after a scheduled save)
-        shutil.rmtree(final)
-    os.replace(staged, final)
+    """Move a fully written checkpoint from its staging folder to its final name, atomically.
+
+    A checkpoint already there (saved twice at one step, e.g. a signal right after a scheduled
+    save) is replaced.
+    """
+    fsync_tree(staged)
+    publish_directory(staged, final)
     shutil.rmtree(staged.parent, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Eval loss as the mean over every trained token of the eval set, whatever the batching.
 
-Each batch contributes its summed loss (the loss hook with ``num_items_in_batch=1``) and its
+Each batch contributes its summed loss (as the ``compute_loss`` hook returns it) and its
 trained-token count; the result divides the totals.  Averaging per-batch means instead would
 weigh a token in a short batch more than one in a long batch, so the number would change with
 ``micro_batch_size`` and packing.
@@ -8,19 +8,21 @@ weigh a token in a short batch more than one in a long batch, so the number woul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from ftk.core.config.schema import FtkConfig
-from ftk.core.data.collate import IGNORE_INDEX, PaddingCollator
+from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.packing import REAL_TOKENS_KEY, PackedBatchSampler, PackedDataset, PackingCollator
 from ftk.core.errors import FtkError
-from ftk.core.step_metrics import StepMetrics
+from ftk.core.lm import IGNORE_INDEX, perplexity, trained_token_count
+
+if TYPE_CHECKING:
+    from ftk.core.config.schema import FtkConfig
+    from ftk.core.hooks import Hooks
 
 
 @dataclass
@@ -38,14 +40,6 @@ class EvalResult:
             f"{prefix}perplexity": self.perplexity,
             f"{prefix}tokens": self.tokens,
         }
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), infinite instead of an overflow error for a huge loss."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
 
 
 def eval_dataloader(
@@ -97,11 +91,6 @@ def _rank_share(dataset: Any, rank: int, world_size: int) -> Any:
     return concatenate_datasets([share, filler])
 
 
-def trained_token_count(labels: torch.Tensor) -> torch.Tensor:
-    """Number of positions whose next token is trained (the tokens the loss averages over)."""
-    return labels[..., 1:].ne(IGNORE_INDEX).sum()
-
-
 @torch.no_grad()
 def evaluate_loss(
     model: torch.nn.Module,
@@ -140,19 +129,14 @@ def evaluate_loss(
 
 
 def hook_summed_loss(
-    cfg: FtkConfig, hooks: Any
+    cfg: FtkConfig, hooks: Hooks
 ) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
-    """A ``summed_loss`` for :func:`evaluate_loss` that asks the ``compute_loss`` hook.
-
-    The hook divides by ``num_items_in_batch``; passing 1 makes it return the batch's sum.
-    """
+    """A ``summed_loss`` for :func:`evaluate_loss`: the ``compute_loss`` hook's sum."""
 
     def summed(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = hooks.compute_loss(
-            cfg=cfg, model=model, inputs=batch, num_items_in_batch=1, metrics=StepMetrics()
-        )
-        if loss is None:
+        result = hooks.compute_loss(cfg, model, batch)
+        if result is None:
             raise FtkError("no plugin computed the loss (every compute_loss hook returned None)")
-        return loss
+        return result.summed
 
     return summed

@@ -2,14 +2,19 @@
 
 Three kinds of hook:
 
-* registration hooks receive a ``register`` callback and call it for each thing they add;
+* registration hooks receive a ``register`` callback and call it for each named thing they add;
+  a config chooses among them by name (``adapter``, ``optimizer``, ``lr_scheduler``, ``report_to``,
+  a dataset's ``type``);
 * first-result hooks (``firstresult=True``) stop at the first implementation that returns
   something other than ``None``: return ``None`` to let the next plugin decide;
 * contribution hooks are called on every plugin and their results are collected.
 
-Implementations are called newest-registered first, so a plugin named in the config's
-``plugins:`` list overrides an installed one, which overrides a built-in.  Arguments are
-passed by name; an implementation asks only for the ones it needs.
+Implementations are called newest-registered first (a plugin named in the config's ``plugins:``
+list before an installed one, before a built-in), except that ``tryfirst``/``trylast`` on the
+``hookimpl`` move one to the front or the back: the built-in defaults are ``trylast``.
+Arguments are passed by name; an implementation asks only for the ones it needs.  ``purpose``
+says what a command loads the model for: ``validate``, ``preprocess``, ``train``, ``inference``
+(eval, generate) or ``merge`` (an adapter into full-precision weights).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ if TYPE_CHECKING:
 
     from ftk.core.config.schema import FtkConfig
     from ftk.core.data.pipeline import PreparedData
-    from ftk.core.registry import CommandRegistrar, SectionRegistrar, StrategyRegistrar
-    from ftk.core.step_metrics import StepMetrics
+    from ftk.core.lm import LossOutput
+    from ftk.core.registry import Register
 
 PROJECT = "ftk"
 
@@ -37,8 +42,41 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_config_sections(register: SectionRegistrar) -> None:
-    """Add top-level config sections: ``register("name", PydanticModel)``; validated like the rest."""
+def register_config_sections(register: Register) -> None:
+    """Add config keys: ``register("name", Model)`` for a ``name:`` section, ``flat=True`` for top-level keys."""
+
+
+@hookspec
+def register_prompt_strategies(register: Register) -> None:
+    """Add dataset strategies (``type:``): ``register(name, build, options_model)``; ``build(dataset, tokenizer, cfg)`` returns row -> features."""
+
+
+@hookspec
+def register_adapters(register: Register) -> None:
+    """Add adapter kinds (``adapter:``): ``register(name, apply)``; ``apply(cfg, model, new_token_ids)`` returns the model to train."""
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Add optimizers (``optimizer:``): ``register(name, build)``; ``build(cfg, parameter_groups, model)`` returns one."""
+
+
+@hookspec
+def register_schedulers(register: Register) -> None:
+    """Add schedules (``lr_scheduler:``): ``register(name, build)``; ``build(cfg, optimizer, num_training_steps, num_warmup_steps)``."""
+
+
+@hookspec
+def register_trackers(register: Register) -> None:
+    """Add trackers (``report_to:``): ``register(name, callback, enabled_by=None)``; ``callback(cfg)`` returns a TrainerCallback."""
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Add CLI subcommands: ``register(name, help, add_arguments, run)``."""
+
+
+# --- checking a config --------------------------------------------------------------------
 
 
 @hookspec
@@ -47,23 +85,12 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 @hookspec
-def check_environment(cfg: FtkConfig) -> None:
-    """Raise an FtkError naming the key when this machine cannot run what ``cfg`` asks for.
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
+    """Raise an FtkError naming the key when this machine cannot do what ``cfg`` asks for ``purpose``.
 
-    For what a config cannot show: a GPU, an installed library, a compute capability, a number
-    of processes.  ``ftk train`` calls it first, before any data is prepared, so that a run that
-    cannot start fails at once rather than after the preprocessing.
+    For what a config cannot show: a GPU, an installed library, a number of processes.  Every
+    command calls it before any data work or model loading.
     """
-
-
-@hookspec
-def register_prompt_strategies(register: StrategyRegistrar) -> None:
-    """Add dataset strategies usable as ``type:``: ``register("name", build, options_model)``."""
-
-
-@hookspec
-def register_commands(register: CommandRegistrar) -> None:
-    """Add CLI subcommands: ``register(name, help, add_arguments, run)``."""
 
 
 # --- model loading ------------------------------------------------------------------------
@@ -71,34 +98,31 @@ def register_commands(register: CommandRegistrar) -> None:
 
 @hookspec(firstresult=True)
 def load_tokenizer(cfg: FtkConfig) -> PreTrainedTokenizerBase | None:
-    """Load the tokenizer for ``cfg``; the first non-None result is used."""
+    """Load the tokenizer of ``cfg`` (the core then adds ``tokens`` and ``special_tokens``)."""
 
 
 @hookspec
-def pre_model_load(cfg: FtkConfig) -> None:
-    """Called before the model is loaded: apply kernel patches or environment setup here."""
+def pre_model_load(cfg: FtkConfig, purpose: str) -> None:
+    """Called before the model is loaded: apply kernel patches here."""
 
 
 @hookspec
-def model_load_kwargs(cfg: FtkConfig) -> dict[str, Any]:
-    """Contribute keyword arguments for ``from_pretrained`` (e.g. ``quantization_config``, ``device_map``)."""
+def model_load_kwargs(cfg: FtkConfig, purpose: str) -> dict[str, Any]:
+    """Contribute keyword arguments for ``from_pretrained`` (e.g. ``quantization_config``)."""
 
 
 @hookspec(firstresult=True)
 def load_model(
     cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase, load_kwargs: dict[str, Any]
 ) -> PreTrainedModel | None:
-    """Load the base model for ``cfg`` (passing on ``load_kwargs``, from model_load_kwargs); first non-None wins."""
+    """Load the base model for ``cfg``, passing on ``load_kwargs`` (from model_load_kwargs)."""
 
 
 @hookspec
-def post_model_load(cfg: FtkConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def post_model_load(
+    cfg: FtkConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, purpose: str
+) -> None:
     """Called after the base model is loaded and before the adapter: modify the model in place."""
-
-
-@hookspec(firstresult=True)
-def apply_adapter(cfg: FtkConfig, model: PreTrainedModel) -> Any | None:
-    """Wrap ``model`` with the adapter ``cfg.adapter`` names; return the model to train, or None."""
 
 
 # --- training -----------------------------------------------------------------------------
@@ -110,28 +134,13 @@ def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
 
 
 @hookspec(firstresult=True)
-def create_optimizer(cfg: FtkConfig, model: torch.nn.Module) -> torch.optim.Optimizer | None:
-    """Build the optimizer for the trainable parameters of ``model``; first non-None wins."""
-
-
-@hookspec(firstresult=True)
-def create_scheduler(
-    cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Build the learning-rate scheduler for ``optimizer``; first non-None wins."""
-
-
-@hookspec(firstresult=True)
 def compute_loss(
-    cfg: FtkConfig,
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    num_items_in_batch: torch.Tensor | int | None,
-    metrics: StepMetrics,
-) -> torch.Tensor | None:
-    """Run the forward pass and return the loss of one micro-batch, normalised by ``num_items_in_batch``.
+    cfg: FtkConfig, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+) -> LossOutput | None:
+    """Run the forward pass of one micro-batch; return its summed loss and trained-token count.
 
-    ``metrics.add(name, value)`` reports extra scalars (e.g. a router loss), averaged into the logs.
+    The core divides by the trained tokens of the whole optimizer step and adds the router loss
+    of mixture-of-experts models (``ftk.core.trainer``); ``inputs`` holds the ``labels``.
     """
 
 
@@ -146,15 +155,15 @@ def pre_train(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedData) 
 
 
 @hookspec
-def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
-    """Contribute (label, value) rows to the end-of-run summary table (printed and in summary.md)."""
-
-
-@hookspec
 def post_train(cfg: FtkConfig, trainer: Trainer, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
     """Called after training finished and the final model was saved."""
 
 
 @hookspec
-def run_finished(cfg: FtkConfig, trainer: Trainer, status: str) -> None:
-    """Called when a run ends, finished or stopped early (signal, divergence): write reports here."""
+def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
+    """Contribute (label, value) rows to the end-of-run summary."""
+
+
+@hookspec
+def run_finished(cfg: FtkConfig, trainer: Trainer, status: str, rows: list[tuple[str, str]]) -> None:
+    """Called when a run ends, finished or stopped early, with every summary row: write reports here."""

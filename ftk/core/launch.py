@@ -1,23 +1,17 @@
-"""Several training processes on one machine: ``ftk train cfg.yaml --nproc-per-node N``.
-
-ftk re-runs itself under ``torch.distributed.run`` (what the ``torchrun`` command runs), one
-process per device; Trainer then trains with DistributedDataParallel (NCCL on GPUs, gloo on
-CPU).  ``torchrun -m ftk.cli train cfg.yaml`` and ``accelerate launch -m ftk.cli train
-cfg.yaml`` start the same processes from outside.
-"""
+"""What a run needs to know about the processes it runs in (one, or several under a launcher)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
-from ftk.core.errors import FtkError
+#: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def world_size() -> int:
@@ -28,29 +22,6 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank among the training processes (0 when alone)."""
     return int(os.environ.get("RANK", "0"))
-
-
-def launcher_command(nproc_per_node: int, ftk_args: Sequence[str]) -> list[str]:
-    """The command that runs ``ftk <ftk_args>`` in ``nproc_per_node`` processes."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc_per_node}",
-        "-m",
-        "ftk.cli",
-        *ftk_args,
-    ]
-
-
-def launch(nproc_per_node: int, ftk_args: Sequence[str]) -> int:
-    """Run ftk in ``nproc_per_node`` processes and return the launcher's exit code."""
-    if nproc_per_node < 1:
-        raise FtkError(f"--nproc-per-node: must be at least 1, not {nproc_per_node}")
-    if world_size() > 1:
-        raise FtkError("--nproc-per-node: this process was already started by a distributed launcher")
-    return subprocess.call(launcher_command(nproc_per_node, ftk_args))
 
 
 @contextlib.contextmanager
@@ -70,3 +41,40 @@ def distributed_arguments() -> dict[str, Any]:
     if world_size() > 1 and not torch.cuda.is_available():
         return {"use_cpu": True, "ddp_backend": "gloo"}
     return {}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def one_process_group_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables a launcher would set for a run of one process; empty when a launcher started this one.
+
+    DeepSpeed and accelerate's FSDP need a process group even on one GPU; ``ftk train`` without
+    ``--nproc-per-node`` starts no launcher.
+    """
+    if any(name in environ for name in LAUNCHER_VARIABLES):
+        return {}
+    return {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": environ.get("MASTER_ADDR") or "127.0.0.1",
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(_free_port()),
+    }
+
+
+def one_process_note(section: str, processes: int, gpus: int, offloaded: bool) -> str | None:
+    """A note for a sharded run of one process: it could use more GPUs, or shards across nothing."""
+    if processes != 1:
+        return None
+    if gpus > 1:
+        return (
+            f"{section}: one process on a machine with {gpus} GPUs; "
+            f"train on all of them with ftk train CONFIG --nproc-per-node {gpus}"
+        )
+    if not offloaded:
+        return f"{section}: one process, so there is nothing to shard across; only CPU offload saves GPU memory here"
+    return None

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -25,17 +25,20 @@ import pluggy
 
 from ftk.core import hookspecs
 from ftk.core.errors import FtkError
-from ftk.core.registry import Registry
+from ftk.core.hooks import Hooks
+from ftk.core.registry import REGISTRATION_HOOKS, Registry
 
 ENTRY_POINT_GROUP = "ftk.plugins"
 
-#: Built-in plugins, in load order: module path under ``ftk.plugins`` is ``ftk.plugins.<name>``.
+#: Built-in plugins (module ``ftk.plugins.<name>``).  Their order decides nothing: defaults that
+#: others may replace are ``trylast`` implementations, and names clash as errors.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "hf_model",
     "lora",
     "optimizers",
     "loss",
     "prompt_strategies",
+    "trackers",
     "progress",
     "metrics_log",
     "run_report",
@@ -47,8 +50,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "liger",
     "tiny_model",
 )
-
-REGISTRATION_HOOKS = ("register_config_sections", "register_prompt_strategies", "register_commands")
 
 
 @dataclass
@@ -81,22 +82,18 @@ class PluginImportError(FtkError):
 
 
 class FtkPluginManager:
-    """Loads plugins once and exposes ``hook`` (pluggy's hook relay) plus the registration results."""
+    """Loads plugins, calls their hooks (``hooks``, typed) and collects their registrations."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.registry = Registry()
+        self.hooks = Hooks(self.pm.hook)
         self._registered_hooks_done = False
         self._trace_undo: Callable[[], None] | None = None
         if os.environ.get("FTK_TRACE_HOOKS", "") not in ("", "0"):
             self.enable_tracing()
-
-    @property
-    def hook(self) -> Any:
-        """pluggy's hook relay: ``manager.hook.load_model(cfg=..., tokenizer=...)``."""
-        return self.pm.hook
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -168,17 +165,12 @@ class FtkPluginManager:
         if self._registered_hooks_done:
             return self.registry
         self.registry = Registry()
-        makers = {
-            "register_config_sections": self.registry.section_registrar,
-            "register_prompt_strategies": self.registry.strategy_registrar,
-            "register_commands": self.registry.command_registrar,
-        }
-        for hook_name, make_register in makers.items():
+        for hook_name in REGISTRATION_HOOKS:
             caller = getattr(self.pm.hook, hook_name)
             # Oldest first, so that a name clash blames the later plugin.
             for impl in caller.get_hookimpls():
                 self._trace(f"{hook_name} -> {impl.plugin_name}")
-                impl.function(register=make_register(impl.plugin_name))
+                impl.function(register=self.registry.registrar(hook_name, impl.plugin_name))
         self._registered_hooks_done = True
         return self.registry
 
@@ -195,12 +187,12 @@ class FtkPluginManager:
             text = repr(value)
             return text if len(text) <= 80 else text[:77] + "..."
 
-        def before(hook_name: str, impls: list, kwargs: dict) -> None:
+        def before(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
             names = ", ".join(impl.plugin_name for impl in reversed(impls)) or "(none)"
             args = ", ".join(f"{k}={short(v)}" for k, v in kwargs.items())
             print(f"[ftk trace] call {hook_name}({args}) -> implementations: {names}", file=sys.stderr)
 
-        def after(outcome: Any, hook_name: str, impls: list, kwargs: dict) -> None:
+        def after(outcome: Any, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
             try:
                 result = outcome.get_result()
             except BaseException as exc:  # noqa: BLE001 - report whatever the hook raised

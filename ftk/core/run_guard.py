@@ -49,8 +49,8 @@ def _agree(device: torch.device, *flags: bool) -> list[bool]:
 class RunGuard(TrainerCallback):
     """Watches each optimizer step for a stop request or a non-finite loss / gradient norm.
 
-    ``step_health`` returns (the step's summed loss, or None when finite and not worth a sync;
-    the step's gradient norm) — the trainer provides it and resets its counters when asked.
+    ``step_health`` returns the finished step's loss and its gradient norm (None when Trainer
+    computed none); the trainer provides it and resets its counters when asked.
     """
 
     def __init__(self, step_health: Callable[[], tuple[float, float | None]]) -> None:

@@ -18,10 +18,9 @@ class StepMetrics:
 
     def add(self, name: str, value: torch.Tensor | float) -> None:
         """Add one observation of ``name`` (a scalar tensor is detached, not synchronised)."""
-        if torch.is_tensor(value):
-            value = value.detach().float().reshape(())
+        tensor = value.detach().float().reshape(()) if torch.is_tensor(value) else torch.tensor(float(value))
         previous = self._sums.get(name)
-        self._sums[name] = value if previous is None else previous + value
+        self._sums[name] = tensor if previous is None else previous + tensor.to(previous.device)
         self._counts[name] = self._counts.get(name, 0) + 1
 
     def pop_means(self) -> dict[str, float]:

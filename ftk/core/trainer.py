@@ -1,52 +1,116 @@
-"""``transformers.Trainer`` with its loss, optimizer and scheduler taken from plugin hooks.
+"""``transformers.Trainer`` whose loss, optimizer and schedule come from plugins.
 
-On top of Trainer it:
+One optimizer step, in order:
 
-* counts the real (non-padding) tokens it trains on, so every log entry carries
-  ``tokens_per_second`` and ``num_tokens``, plus the scalars plugins report through ``StepMetrics``;
-* evaluates the mean loss over every trained token of the eval set (``ftk.core.evaluate``), with
-  perplexity, independent of batching and packing;
-* writes each checkpoint under a temporary name and renames it when complete (``ftk.core.checkpoints``);
-* stops cleanly on SIGINT/SIGTERM and on a non-finite loss (``ftk.core.run_guard``).
+1. **Micro-batches.**  Trainer takes ``gradient_accumulation_steps`` micro-batches (packed rows
+   when ``sample_packing``, else padded ones) and counts the trained tokens of all of them,
+   over every process: ``num_items_in_batch``.
+2. **Loss, per micro-batch** (:meth:`FtkTrainer.compute_loss`).  The ``compute_loss`` hook runs
+   the forward pass and returns the summed loss and its token count; the core divides the sum by
+   ``num_items_in_batch`` (times the process count, since DDP averages gradients), so the step's
+   loss is the mean over every trained token of the step, whatever the split into micro-batches.
+   A mixture-of-experts model adds ``coef x router loss / micro-batches per step``.  Then
+   backward; the real (non-padding) tokens are counted for throughput.
+3. **Clipping.**  Gradients are clipped to ``max_grad_norm``; the norm is kept.
+4. **Update.**  ``optimizer.step()``, ``lr_scheduler.step()``, gradients zeroed; the optimizer
+   and the schedule are the registered ones ``optimizer`` and ``lr_scheduler`` name.
+5. **After the step** (callbacks, ``on_step_end``): the run guard stops on a non-finite loss or
+   norm (nothing saved) or on a signal (save, then stop); then Trainer logs (loss, grad norm,
+   learning rate, tokens/s, token count, plugin metrics), evaluates (token-mean ``eval_loss``)
+   and saves a checkpoint (staged, then renamed: ``ftk.integrations.transformers_trainer``).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
+from transformers import TrainerCallback
 
-from ftk.core import checkpoints
-from ftk.core.config.schema import FtkConfig
 from ftk.core.data.packing import REAL_TOKENS_KEY, PackedBatchSampler, PackedDataset, PackingCollator
 from ftk.core.errors import FtkError
 from ftk.core.evaluate import eval_dataloader, evaluate_loss, hook_summed_loss
+from ftk.core.lm import causal_lm, has_router, router_aux_loss_coef
 from ftk.core.run_guard import RunGuard
 from ftk.core.step_metrics import StepMetrics
+from ftk.integrations.transformers_trainer import StagedCheckpointTrainer
+
+if TYPE_CHECKING:
+    from ftk.core.config.schema import FtkConfig
+    from ftk.core.hooks import Hooks
+    from ftk.core.registry import Registry
 
 
 class EpochDataLoader(DataLoader):
     """A DataLoader whose ``set_epoch`` (called by Trainer each epoch) reaches its batch sampler."""
 
     def set_epoch(self, epoch: int) -> None:
-        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
 
 
-class FtkTrainer(Trainer):
-    """A Trainer whose extension points are ftk's hooks rather than subclassing."""
+def micro_batch_loss(
+    cfg: FtkConfig,
+    hooks: Hooks,
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    num_items_in_batch: torch.Tensor | int | None,
+    metrics: StepMetrics | None = None,
+) -> torch.Tensor:
+    """A micro-batch's share of its optimizer step's loss: the hook's sum / ``num_items_in_batch``.
 
-    # The loss hook returns the loss already divided by the step's trained-token count.
+    Without ``num_items_in_batch``, the mean over this micro-batch's own trained tokens.  In
+    training, a mixture-of-experts model adds its share of the router loss (reported to
+    ``metrics`` as ``router_aux_loss``).
+    """
+    inputs = {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
+    config = causal_lm(model).config
+    coef = router_aux_loss_coef(cfg.router_aux_loss_coef, config) if model.training else 0.0
+    if has_router(config):
+        inputs["output_router_logits"] = coef > 0
+    result = hooks.compute_loss(cfg, model, inputs)
+    if result is None:
+        raise FtkError("no plugin computed the loss (every compute_loss hook returned None)")
+    if num_items_in_batch is None:  # this micro-batch alone (at least 1: an all-masked batch adds 0)
+        count: torch.Tensor | int = result.tokens
+        count = count.clamp(min=1) if torch.is_tensor(count) else max(int(count), 1)
+    else:
+        count = num_items_in_batch
+    loss = result.summed.float() / (count.to(result.summed.device) if torch.is_tensor(count) else count)
+    if metrics is not None:
+        for name, value in result.metrics.items():
+            metrics.add(name, value)
+    if coef > 0:
+        aux = getattr(result.outputs, "aux_loss", None)
+        if aux is None:
+            raise FtkError(f"router_aux_loss_coef: {config.model_type!r} returned no router loss (aux_loss)")
+        if metrics is not None:
+            metrics.add("router_aux_loss", aux)
+        # The cross-entropy is already a share of the whole step; the router loss is a mean per
+        # micro-batch, so each micro-batch adds its share of coef x that mean.
+        loss = loss + coef * aux.to(loss.device) / micro_batches_per_step(cfg)
+    return loss
+
+
+def micro_batches_per_step(cfg: FtkConfig) -> int:
+    """Micro-batches whose losses are summed into one optimizer step, over every process."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return cfg.gradient_accumulation_steps * (torch.distributed.get_world_size() if distributed else 1)
+
+
+class FtkTrainer(StagedCheckpointTrainer):
+    """A Trainer whose extension points are ftk's hooks and registries rather than subclassing."""
+
+    # The loss returned by compute_loss is already divided by the step's trained-token count.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, cfg: FtkConfig, hooks: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cfg: FtkConfig, hooks: Hooks, registry: Registry, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cfg = cfg
         self.hooks = hooks
+        self.registry = registry
         # Ask Trainer to count the trained tokens of each whole optimizer step (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
         self._tokens_seen = torch.zeros((), dtype=torch.long)
@@ -54,8 +118,6 @@ class FtkTrainer(Trainer):
         self._time_at_last_log: float | None = None
         self.step_metrics = StepMetrics()
         self._step_loss = torch.zeros(())
-        self._last_grad_norm: Any = None  # a tensor from Trainer, or a float under DeepSpeed
-        self._checkpoint_staging: str | None = None
         self.guard = RunGuard(self._step_health)
         self.add_callback(self.guard)
         self.add_callback(_TokenCounterRestore(self))
@@ -67,28 +129,21 @@ class FtkTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        """Delegate to the ``compute_loss`` hook (the default plugin: token-mean cross-entropy)."""
-        inputs = {key: value for key, value in inputs.items() if key != REAL_TOKENS_KEY}
-        loss = self.hooks.compute_loss(
-            cfg=self.cfg,
-            model=model,
-            inputs=inputs,
-            num_items_in_batch=num_items_in_batch,
-            metrics=self.step_metrics,
-        )
-        if loss is None:
-            raise FtkError("no plugin computed the loss (every compute_loss hook returned None)")
+        """Step 2: the micro-batch's share of the step's token-mean loss (:func:`micro_batch_loss`)."""
+        loss = micro_batch_loss(self.cfg, self.hooks, model, inputs, num_items_in_batch, self.step_metrics)
         if (
             num_items_in_batch is not None
             and self.args.average_tokens_across_devices
-            and (self.args.world_size > 1)
+            and self.args.world_size > 1
         ):
             # num_items_in_batch counts every rank's tokens; gradients are averaged over ranks.
             loss = loss * self.args.world_size
-        # Evaluation asks for outputs; the loss hook only yields the loss, and ftk evaluates loss only.
+        # Evaluation asks for outputs; ftk evaluates the loss only.
         return (loss, {}) if return_outputs else loss
 
-    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any):
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Count the real tokens of the micro-batch (on device, no sync), then train on it."""
         # Packed batches say how many tokens are real; padded ones have an attention mask.
         real = inputs.get(REAL_TOKENS_KEY)
@@ -104,21 +159,9 @@ class FtkTrainer(Trainer):
         self._step_loss += loss.detach().float()
         return loss
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
-        """Keep the step's gradient norm for the divergence check (Trainer computes it anyway).
-
-        It stays a tensor here; :meth:`_step_health` reads it together with the loss.
-        """
-        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._last_grad_norm = norm
-        return norm
-
     def _step_health(self) -> tuple[float, float | None]:
-        """The finished step's loss and gradient norm; resets them for the next step.
-
-        Both come to the host in one transfer, the only device sync ftk adds to a step.
-        """
-        norm, self._last_grad_norm = self._last_grad_norm, None
+        """The finished step's loss and gradient norm, fetched in one transfer; resets them."""
+        norm, self.last_grad_norm = self.last_grad_norm, None
         if torch.is_tensor(norm):
             pair = torch.stack([self._step_loss.reshape(()), norm.detach().to(self._step_loss).reshape(())])
             loss, norm = pair.tolist()
@@ -132,15 +175,27 @@ class FtkTrainer(Trainer):
         """Packed batches when ``sample_packing`` is on, else transformers' own loader."""
         if not self.cfg.sample_packing:
             return super().get_train_dataloader()
-        return self._packed_dataloader(self.train_dataset, shuffle=True)
+        sampler = PackedBatchSampler(
+            self.train_dataset["length"],  # type: ignore[index]
+            capacity=self.cfg.sequence_len,
+            micro_batch_size=self.cfg.micro_batch_size,
+            seed=self.cfg.seed,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+            shuffle=True,
+        )
+        return EpochDataLoader(
+            PackedDataset(self.train_dataset),
+            batch_sampler=sampler,
+            collate_fn=PackingCollator(pad_token_id=self.processing_class.pad_token_id),  # type: ignore[union-attr]
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        """Mean loss over every trained token of the eval set, with perplexity and token count.
-
-        Logs ``eval_loss``, ``eval_perplexity``, ``eval_tokens`` and ``eval_runtime``.
-        """
+        """Mean loss over every trained token of the eval set, with perplexity and token count."""
         if eval_dataset is None or isinstance(eval_dataset, str):  # ftk has one eval set
             eval_dataset = self.eval_dataset
         if eval_dataset is None:
@@ -148,101 +203,44 @@ class FtkTrainer(Trainer):
         loader = eval_dataloader(
             self.cfg,
             eval_dataset,
-            self.processing_class.pad_token_id,
+            self.processing_class.pad_token_id,  # type: ignore[union-attr]
             batch_size=self.args.per_device_eval_batch_size,
             rank=self.args.process_index,
             world_size=self.args.world_size,
         )
-        summed = hook_summed_loss(self.cfg, self.hooks)
 
-        def summed_with_autocast(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hook_sum = hook_summed_loss(self.cfg, self.hooks)
+
+        def summed(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             with self.autocast_smart_context_manager():
-                return summed(model, batch)
+                return hook_sum(model, batch)
 
         start = time.perf_counter()
-        result = evaluate_loss(self.model, loader, summed_with_autocast, device=self.args.device)
-        metrics = result.as_metrics(prefix=f"{metric_key_prefix}_")
+        result = evaluate_loss(self.model, loader, summed, device=self.args.device)  # type: ignore[arg-type]
+        metrics: dict[str, float] = result.as_metrics(prefix=f"{metric_key_prefix}_")
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _get_output_dir(self, trial: Any) -> str:
-        """Trainer writes a checkpoint into this directory: the staging one while a save is running."""
-        return self._checkpoint_staging or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """Save under ``.incomplete-checkpoint-N/`` and rename to ``checkpoint-N`` once complete."""
-        run_dir = Path(super()._get_output_dir(trial))
-        step = self.state.global_step
-        name = checkpoints.checkpoint_name(step)
-        staging = checkpoints.staging_root(run_dir, step)
-        self._checkpoint_staging = str(staging)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_staging = None
-        if self.state.best_global_step:
-            # Trainer looked for the best checkpoint in the staging directory; point at its final place.
-            best = run_dir / checkpoints.checkpoint_name(self.state.best_global_step)
-            if self.state.best_global_step == step or best.is_dir():
-                self.state.best_model_checkpoint = str(best)
-        distributed = self.args.world_size > 1 and torch.distributed.is_initialized()
-        if distributed:  # every rank has written its part (e.g. its RNG state) before the rename
-            torch.distributed.barrier()
-        if self.args.should_save:
-            self.state.save_to_json(str(staging / name / checkpoints.TRAINER_STATE_FILE))
-            checkpoints.publish(staging / name, run_dir / name)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        if distributed:
-            torch.distributed.barrier()
-
-    def _packed_dataloader(self, dataset: Any, shuffle: bool) -> DataLoader:
-        sampler = PackedBatchSampler(
-            dataset["length"],
-            capacity=self.cfg.sequence_len,
-            micro_batch_size=self.cfg.micro_batch_size,
-            seed=self.cfg.seed,
-            rank=self.args.process_index,
-            world_size=self.args.world_size,
-            shuffle=shuffle,
-        )
-        return EpochDataLoader(
-            PackedDataset(dataset),
-            batch_sampler=sampler,
-            collate_fn=PackingCollator(pad_token_id=self.processing_class.pad_token_id),
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-        )
-
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """Build the optimizer through the ``create_optimizer`` hook."""
+        """Step 4's optimizer: the registered one ``optimizer`` names, over the trainable parameters."""
         if self.optimizer is None:
-            optimizer = self.hooks.create_optimizer(cfg=self.cfg, model=model or self.model)
-            if optimizer is None:
-                raise FtkError(f"optimizer: no plugin builds {self.cfg.optimizer!r}")
-            self.optimizer = optimizer
+            self.optimizer = build_optimizer(self.cfg, self.registry, model or self.model)  # type: ignore[arg-type]
         return self.optimizer
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        """Build the learning-rate scheduler through the ``create_scheduler`` hook."""
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        """Step 4's schedule: the registered one ``lr_scheduler`` names."""
         if self.lr_scheduler is None:
-            scheduler = self.hooks.create_scheduler(
-                cfg=self.cfg, optimizer=optimizer or self.optimizer, num_training_steps=num_training_steps
-            )
-            if scheduler is None:
-                raise FtkError(f"lr_scheduler: no plugin builds {self.cfg.lr_scheduler!r}")
-            self.lr_scheduler = scheduler
-            self._created_lr_scheduler = True
+            optimizer = optimizer or self.optimizer
+            self.lr_scheduler = build_scheduler(self.cfg, self.registry, optimizer, num_training_steps)
+            self.mark_scheduler_created()
         return self.lr_scheduler
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``tokens_per_second`` and ``num_tokens`` to training log entries."""
+        """Add ``tokens_per_second``, ``num_tokens`` and the plugins' metrics to training log entries."""
         if "loss" in logs:
             now = time.perf_counter()
             seen = int(self._tokens_seen.item())
@@ -255,11 +253,48 @@ class FtkTrainer(Trainer):
             logs.update({name: round(value, 6) for name, value in self.step_metrics.pop_means().items()})
         super().log(logs, start_time)
 
-    def train(self, *args: Any, **kwargs: Any):
+    def train(self, *args: Any, **kwargs: Any) -> Any:
         """Train, measuring token throughput from this call on."""
         self._time_at_last_log = time.perf_counter()
         self._tokens_at_last_log = int(self._tokens_seen.item())
         return super().train(*args, **kwargs)
+
+
+def build_optimizer(cfg: FtkConfig, registry: Registry, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The registered optimizer ``cfg.optimizer`` names, over the trainable parameters of ``model``."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    if not groups:
+        raise FtkError("optimizer: the model has no trainable parameters")
+    return registry.lookup("optimizers", cfg.optimizer).build(cfg, groups, model)
+
+
+def build_scheduler(cfg: FtkConfig, registry: Registry, optimizer: Any, num_training_steps: int) -> Any:
+    """The registered schedule ``cfg.lr_scheduler`` names, over ``num_training_steps`` with the warmup of ``cfg``."""
+    build = registry.lookup("schedulers", cfg.lr_scheduler).build
+    return build(cfg, optimizer, num_training_steps, warmup_steps(cfg, num_training_steps))
+
+
+def warmup_steps(cfg: FtkConfig, num_training_steps: int) -> int:
+    """Warmup length in optimizer steps: ``warmup_steps``, or ``ceil(T * warmup_ratio)``, or 0.
+
+    The product is rounded to 9 digits before the ceiling, so that 0.1 * 30 is 3 steps, not 4.
+    """
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    if cfg.warmup_ratio is not None:
+        return math.ceil(round(num_training_steps * cfg.warmup_ratio, 9))
+    return 0
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, 1-D) groups."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 class _TokenCounterRestore(TrainerCallback):
@@ -268,7 +303,7 @@ class _TokenCounterRestore(TrainerCallback):
     def __init__(self, trainer: FtkTrainer) -> None:
         self.trainer = trainer
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         seen = int(state.num_input_tokens_seen or 0)
         if seen:
             self.trainer._tokens_seen.fill_(seen)

@@ -1,43 +1,24 @@
-"""DeepSpeed ZeRO through transformers' Trainer: the top-level ``deepspeed:`` key.
+"""Built-in plugin: DeepSpeed ZeRO through transformers' Trainer, the top-level ``deepspeed:`` key.
 
-``deepspeed:`` is a preset (``zero1``, ``zero2``, ``zero3``, ``zero2_offload``, ``zero3_offload``; see
-``ftk.integrations.deepspeed_configs``) or the path of a DeepSpeed JSON file, read relative to the
-current directory.  ``ftk validate`` checks it without DeepSpeed installed: a misspelt preset, a
-missing or malformed file (with the JSON error's line), a file without ``zero_optimization`` and a
-ZeRO-3 file that would save no weights are reported against the config line.
-
-When a run starts, the plugin checks the keys the JSON shares with ftk's (a value that is not
-``"auto"`` must equal ftk's, e.g. ``train_micro_batch_size_per_gpu`` and ``micro_batch_size``), that
-``fsdp`` is not also set, that ZeRO-3 is not asked to partition a model quantized on load
-(``load_in_4bit``/``load_in_8bit``: ftk loads the model before DeepSpeed starts, without
-``zero.Init``), that an 8-bit bitsandbytes optimizer is not asked to step CPU-offloaded state, that DeepSpeed is installed (``pip install 'ftk[deepspeed]'``) and that a
-CUDA GPU is visible, then hands the config to ``TrainingArguments(deepspeed=...)``.  A run started
-without a launcher (plain ``ftk train`` on one GPU) gets the variables a launcher would set, for a
-process group of one.
-
-Saving: under ZeRO-3, transformers 5's ``Trainer.save_model`` gathers the partitioned weights (for a
-peft model: the trainable ones, with ``_zero3_consolidated_16bit_state_dict``) on every rank and
-rank 0 writes them with ``save_pretrained``, so ``adapter_model.safetensors`` holds real tensors.
-An ``optimizer`` or ``scheduler`` block in a user's JSON replaces ftk's ``optimizer`` or
-``lr_scheduler``; the plugin says so when the run starts.
+``deepspeed:`` is a preset (``zero1``, ``zero2``, ``zero3``, ``zero2_offload``, ``zero3_offload``) or
+the path of a DeepSpeed JSON file.  ``ftk validate`` checks it without DeepSpeed installed; before
+a run the plugin checks the JSON against ftk's own keys, the machine (DeepSpeed, a GPU) and ZeRO-3
+against quantized loading, then hands the config to ``TrainingArguments(deepspeed=...)``
+(``docs/scaling.md``).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import RootModel, field_validator
 from pydantic_core import PydanticCustomError
-from rich.console import Console
 
 from ftk.core.config.schema import FtkConfig
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, raise_problems, say
 from ftk.core.hookspecs import hookimpl
-from ftk.core.launch import world_size
+from ftk.core.launch import one_process_note, world_size
 from ftk.integrations import deepspeed_configs
 from ftk.integrations.deepspeed_configs import DeepSpeedConfigError
 
@@ -45,7 +26,7 @@ if TYPE_CHECKING:
     from transformers import Trainer
 
     from ftk.core.data.pipeline import PreparedData
-    from ftk.core.registry import SectionRegistrar
+    from ftk.core.registry import Register
 
 SECTION = "deepspeed"
 #: Config sections of the FSDP plugin: one run uses DeepSpeed or FSDP, not both.
@@ -55,8 +36,8 @@ INSTALL_HINT = "pip install 'ftk[deepspeed]'"
 GPU_ONLY_OPTIMIZERS = ("adamw_bnb_8bit",)
 #: Top-level keys (of the quantization plugin) that quantize the base model with bitsandbytes on load.
 QUANTIZED_LOAD_KEYS = ("load_in_4bit", "load_in_8bit")
-#: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process.
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+#: What the machine check runs for (DeepSpeed only trains).
+CHECKED_FOR = ("validate", "train")
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -116,8 +97,13 @@ def config_problems(cfg: FtkConfig, processes: int | None = None) -> list[Proble
         ("fp16.enabled", "fp16", cfg.fp16),
         ("optimizer.params.lr", "learning_rate", cfg.learning_rate),
         ("optimizer.params.weight_decay", "weight_decay", cfg.weight_decay),
-        ("optimizer.params.eps", "adam_epsilon", cfg.adam_epsilon),
-        ("optimizer.params.betas", "[adam_beta1, adam_beta2]", [cfg.adam_beta1, cfg.adam_beta2]),
+        # The built-in optimizers plugin's keys (absent when it is disabled).
+        ("optimizer.params.eps", "adam_epsilon", getattr(cfg, "adam_epsilon", None)),
+        (
+            "optimizer.params.betas",
+            "[adam_beta1, adam_beta2]",
+            [getattr(cfg, "adam_beta1", None), getattr(cfg, "adam_beta2", None)],
+        ),
     ]
     for ds_key, ftk_key, ftk_value in shared:
         ds_value = deepspeed_configs.value_at(config, ds_key)
@@ -165,17 +151,8 @@ def config_problems(cfg: FtkConfig, processes: int | None = None) -> list[Proble
 
 
 def _flag(cfg: FtkConfig, key: str) -> bool:
-    """Whether a plugin's top-level boolean key (a ``RootModel[bool]`` section) is set and true."""
-    setting = cfg.section(key)
-    return getattr(setting, "root", setting) is True
-
-
-def raise_problems(problems: list[Problem]) -> None:
-    """Raise the problems as one ``FtkError``, a line each naming the key."""
-    if problems:
-        from ftk.core.config.loader import format_loc
-
-        raise FtkError("\n".join(f"{format_loc(loc)}: {message}" for loc, message in problems))
+    """Whether another plugin's top-level boolean key is set and true (False when it is not loaded)."""
+    return getattr(cfg, key, None) is True
 
 
 # --- starting a run ----------------------------------------------------------------------------
@@ -197,61 +174,19 @@ def runtime_problem(installed: bool, cuda_devices: int) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def one_process_group_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables a launcher would set for a run of one process; empty when a launcher started this one.
-
-    DeepSpeed (and accelerate's FSDP) need a process group even on one GPU; ``ftk train`` without
-    ``--nproc-per-node`` starts no launcher.
-    """
-    if any(name in environ for name in LAUNCHER_VARIABLES):
-        return {}
-    return {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": environ.get("MASTER_ADDR") or "127.0.0.1",
-        "MASTER_PORT": environ.get("MASTER_PORT") or str(_free_port()),
-    }
-
-
-def one_process_note(section: str, processes: int, gpus: int, offloaded: bool) -> str | None:
-    """A note for a sharded run of one process: it can use more GPUs, or shards across nothing."""
-    if processes != 1:
-        return None
-    if gpus > 1:
-        return (
-            f"{section}: one process on a machine with {gpus} GPUs; "
-            f"train on all of them with ftk train CONFIG --nproc-per-node {gpus}"
-        )
-    if not offloaded:
-        return f"{section}: one process, so there is nothing to shard across; only CPU offload saves GPU memory here"
-    return None
-
-
-def say(text: str) -> None:
-    """Print a one-line note to stderr (no markup, no wrapping)."""
-    Console(stderr=True, soft_wrap=True).print(text, markup=False, highlight=False)
-
-
 # --- hooks -------------------------------------------------------------------------------------
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add the top-level ``deepspeed`` key."""
     register(SECTION, DeepSpeedSetting)
 
 
 @hookimpl
-def check_environment(cfg: FtkConfig) -> None:
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: DeepSpeed installed, a GPU, and the preset fits the process count."""
-    if deepspeed_config(cfg) is None:
+    if deepspeed_config(cfg) is None or purpose not in CHECKED_FOR:
         return
     raise_problems(config_problems(cfg, processes=world_size()))
     problem = runtime_problem(deepspeed_installed(), torch.cuda.device_count())
@@ -261,13 +196,9 @@ def check_environment(cfg: FtkConfig) -> None:
 
 @hookimpl
 def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
-    """``{"deepspeed": config}`` after the checks of :func:`check_environment`; nothing without ``deepspeed:``."""
+    """``{"deepspeed": config}``; nothing without ``deepspeed:``."""
     config = deepspeed_config(cfg)
-    if config is None:
-        return {}
-    check_environment(cfg)
-    os.environ.update(one_process_group_env(os.environ))
-    return {SECTION: config}
+    return {} if config is None else {SECTION: config}
 
 
 @hookimpl

@@ -1,28 +1,13 @@
-"""Fully Sharded Data Parallel (FSDP2 only) through transformers' Trainer and accelerate: the ``fsdp:`` section.
+"""Built-in plugin: Fully Sharded Data Parallel (FSDP2 only) through transformers' Trainer and accelerate.
 
-ftk supports FSDP version 2 (``torch.distributed.fsdp.fully_shard``, per-parameter sharding); FSDP1 is
-deprecated in transformers and its options are reported as such.  The section maps one to one onto
-``TrainingArguments(fsdp=True, fsdp_config={...})``::
-
-    fsdp:
-      auto_wrap_policy: TRANSFORMER_BASED_WRAP   # or SIZE_BASED_WRAP (with min_num_params), NO_WRAP
-      transformer_layer_cls_to_wrap: [Qwen3DecoderLayer]   # default: the model's _no_split_modules
-      reshard_after_forward: true    # false: keep parameters gathered until backward (ZeRO-2-like)
-      offload_params: false          # parameters, gradients and optimizer step on the CPU
-      state_dict_type: FULL_STATE_DICT   # checkpoints; SHARDED_STATE_DICT writes one file per rank
-      activation_checkpointing: false    # FSDP's own; do not also set gradient_checkpointing
-
-axolotl configs carry over: the section may be called ``fsdp_config`` and its keys may carry the
-``fsdp_`` prefix (``fsdp_offload_params``), and a top-level ``fsdp_version: 2`` is accepted.
-
-FSDP runs on CUDA GPUs (accelerate does not shard on the CPU, where several processes use DDP).
-With ``SHARDED_STATE_DICT`` the final model is still saved whole: the plugin switches accelerate to
-a full state dict when training ends, before ftk saves it.
+The ``fsdp:`` section (axolotl's ``fsdp_config:``, with or without the ``fsdp_`` prefix on its
+keys, and ``fsdp_version: 2``) maps onto ``TrainingArguments(fsdp=True, fsdp_config={...})``;
+FSDP1 settings are errors that name their FSDP2 replacement.  FSDP runs on CUDA GPUs; with
+``SHARDED_STATE_DICT`` checkpoints the final model is still saved whole (``docs/scaling.md``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -30,23 +15,24 @@ from pydantic import AliasChoices, Field, RootModel, field_validator, model_vali
 from pydantic_core import PydanticCustomError
 from transformers import TrainerCallback
 
-from ftk.core.config.loader import suggest
 from ftk.core.config.schema import FtkConfig, StrictModel
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, say, suggest
 from ftk.core.hookspecs import hookimpl
-from ftk.plugins.deepspeed import one_process_group_env, one_process_note, raise_problems, say
+from ftk.core.launch import one_process_note
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
     from ftk.core.data.pipeline import PreparedData
-    from ftk.core.registry import SectionRegistrar
+    from ftk.core.registry import Register
 
 SECTION = "fsdp"
 #: axolotl's name for the same section.
 AXOLOTL_SECTION = "fsdp_config"
 VERSION_KEY = "fsdp_version"
 SUPPORTED_VERSION = 2
+#: What the machine check runs for (FSDP only trains).
+CHECKED_FOR = ("validate", "train")
 
 #: FSDP1 settings axolotl configs may carry, and what replaces each in FSDP2.
 FSDP1_SETTINGS = {
@@ -296,7 +282,7 @@ class FullStateDictAtEnd(TrainerCallback):
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add the ``fsdp`` section, axolotl's ``fsdp_config`` spelling of it and ``fsdp_version``."""
     register(SECTION, FsdpSettings)
     register(AXOLOTL_SECTION, FsdpSettings)
@@ -304,12 +290,10 @@ def register_config_sections(register: SectionRegistrar) -> None:
 
 
 @hookimpl
-def check_environment(cfg: FtkConfig) -> None:
-    """Before any data work: the FSDP keys fit together and there are GPUs to shard over."""
-    problems = config_problems(cfg)
-    if fsdp_settings(cfg) is None and not problems:
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
+    """Before any data work: there are GPUs to shard over."""
+    if fsdp_settings(cfg) is None or purpose not in CHECKED_FOR:
         return
-    raise_problems(problems)
     problem = runtime_problem(torch.cuda.device_count())
     if problem is not None:
         raise FtkError(problem)
@@ -317,13 +301,9 @@ def check_environment(cfg: FtkConfig) -> None:
 
 @hookimpl
 def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
-    """``fsdp`` and ``fsdp_config`` after the checks of :func:`check_environment`; nothing when FSDP is off."""
-    check_environment(cfg)
+    """``fsdp`` and ``fsdp_config``; nothing when FSDP is off."""
     settings = fsdp_settings(cfg)
-    if settings is None:
-        return {}
-    os.environ.update(one_process_group_env(os.environ))
-    return fsdp_training_arguments(settings)
+    return {} if settings is None else fsdp_training_arguments(settings)
 
 
 @hookimpl

@@ -1,24 +1,11 @@
-"""Built-in plugin: Liger's Triton kernels (GPU only), switched on with axolotl's top-level keys::
+"""Built-in plugin: Liger's Triton kernels (GPU only), switched on with axolotl's top-level keys.
 
-    liger_rope: true                        # rotary embeddings
-    liger_rms_norm: true                    # RMSNorm
-    liger_glu_activation: true              # SwiGLU / GeGLU MLP
-    liger_layer_norm: true                  # LayerNorm (families that have one)
-    liger_fused_linear_cross_entropy: true  # output head + cross-entropy, logits never materialised
-    liger_cross_entropy: true               # cross-entropy only (not with the fused one)
-
-Before the model is built, the kernels are patched in through Liger's function for the model's
-family (``ftk.integrations.liger``); contradicting keys are reported at validate time, and a
-machine without a GPU, Liger or Triton before the model loads.
-
-The fused linear cross-entropy is not Liger's patched ``forward``: this plugin's ``compute_loss``
-hook runs the model as the default loss does (through every wrapper, same ``position_ids`` and
-masks, so packing is safe), and when the model calls its output head, computes the loss there
-from the head's input and weight with Liger's fused kernel, handing the head an empty slice: the
-logits are never materialised.  The result is the default loss (``ftk.plugins.loss``): summed over
-the trained positions, normalised by ``num_items_in_batch``, plus the router loss of
-mixture-of-experts models in training.  Registered after the ``loss`` plugin, its hook is asked
-first and answers only when the key is on.
+``liger_rope``, ``liger_rms_norm``, ``liger_glu_activation``, ``liger_layer_norm`` and
+``liger_cross_entropy`` are patched in through Liger's function for the model's family before the
+model is built (``ftk.integrations.liger``).  ``liger_fused_linear_cross_entropy`` is this
+plugin's ``compute_loss``: the model runs as usual and, when it calls its output head, the loss
+is computed there with Liger's fused kernel, so the logits are never materialised
+(``docs/training.md``).
 """
 
 from __future__ import annotations
@@ -29,27 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from pydantic import Field, RootModel
+from pydantic import Field
 from transformers import AutoConfig
 
+from ftk.core.config.schema import StrictModel
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lm import LossOutput, causal_lm, logit_transform, trained_position_mask
 from ftk.integrations import liger
-from ftk.plugins.loss import (
-    add_router_loss,
-    causal_lm,
-    logit_transform,
-    normalise,
-    request_router_loss,
-    trained_position_mask,
-)
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
     from ftk.core.config.schema import FtkConfig
-    from ftk.core.registry import SectionRegistrar
-    from ftk.core.step_metrics import StepMetrics
+    from ftk.core.registry import Register
 
 FUSED_KEY = "liger_fused_linear_cross_entropy"
 CROSS_ENTROPY_KEY = "liger_cross_entropy"
@@ -58,66 +38,40 @@ CROSS_ENTROPY_KEY = "liger_cross_entropy"
 LinearCrossEntropy = Callable[..., torch.Tensor]
 
 
-class LigerRope(RootModel[bool]):
-    """Top-level ``liger_rope``."""
+class LigerSettings(StrictModel):
+    """The top-level ``liger_*`` keys (axolotl's names); unset is off."""
 
-    root: bool = Field(description="Liger's rotary position embedding kernel (GPU).")
-
-
-class LigerRmsNorm(RootModel[bool]):
-    """Top-level ``liger_rms_norm``."""
-
-    root: bool = Field(description="Liger's RMSNorm kernel (GPU).")
-
-
-class LigerGluActivation(RootModel[bool]):
-    """Top-level ``liger_glu_activation``."""
-
-    root: bool = Field(description="Liger's SwiGLU (or, on Gemma, GeGLU) MLP kernel (GPU).")
-
-
-class LigerLayerNorm(RootModel[bool]):
-    """Top-level ``liger_layer_norm``."""
-
-    root: bool = Field(description="Liger's LayerNorm kernel, for the families that have LayerNorms (GPU).")
-
-
-class LigerFusedLinearCrossEntropy(RootModel[bool]):
-    """Top-level ``liger_fused_linear_cross_entropy``."""
-
-    root: bool = Field(
+    liger_rope: bool | None = Field(None, description="Liger's rotary position embedding kernel (GPU).")
+    liger_rms_norm: bool | None = Field(None, description="Liger's RMSNorm kernel (GPU).")
+    liger_glu_activation: bool | None = Field(
+        None, description="Liger's SwiGLU (or, on Gemma, GeGLU) MLP kernel (GPU)."
+    )
+    liger_layer_norm: bool | None = Field(
+        None, description="Liger's LayerNorm kernel, for the families that have LayerNorms (GPU)."
+    )
+    liger_fused_linear_cross_entropy: bool | None = Field(
+        None,
         description="Output head and cross-entropy fused in chunks: the logits are never "
-        "materialised (GPU; the largest memory saving)."
+        "materialised (GPU; the largest memory saving).",
     )
-
-
-class LigerCrossEntropy(RootModel[bool]):
-    """Top-level ``liger_cross_entropy``."""
-
-    root: bool = Field(
+    liger_cross_entropy: bool | None = Field(
+        None,
         description="Liger's cross-entropy kernel on materialised logits (GPU; not with "
-        "liger_fused_linear_cross_entropy)."
+        "liger_fused_linear_cross_entropy).",
     )
 
 
-#: Every key of this plugin, in the order errors name them, with its pydantic model.
-KEYS: dict[str, type[RootModel[bool]]] = {
-    "liger_rope": LigerRope,
-    "liger_rms_norm": LigerRmsNorm,
-    "liger_glu_activation": LigerGluActivation,
-    "liger_layer_norm": LigerLayerNorm,
-    FUSED_KEY: LigerFusedLinearCrossEntropy,
-    CROSS_ENTROPY_KEY: LigerCrossEntropy,
-}
+SECTION = "liger"
+#: Every key of this plugin, in the order errors name them.
+KEYS = tuple(LigerSettings.model_fields)
+#: What the kernels are patched in for (training, validating the config, eval and generate).
+PATCHED_FOR = ("validate", "train", "inference")
 
 
 def selected_kernels(cfg: FtkConfig) -> dict[str, bool]:
     """Each Liger key of ``cfg`` and whether it is on (an absent key is off)."""
-    switches = {}
-    for key in KEYS:
-        value = cfg.section(key)
-        switches[key] = bool(value is not None and value.root)
-    return switches
+    settings = cfg.section(SECTION) or LigerSettings()
+    return {key: bool(getattr(settings, key)) for key in KEYS}
 
 
 def model_type(cfg: FtkConfig, key: str) -> str:
@@ -153,7 +107,8 @@ def key_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
             )
         )
     # chunked_cross_entropy is on by default; only a config that asks for it contradicts Liger's loss.
-    if switches[FUSED_KEY] and cfg.chunked_cross_entropy and "chunked_cross_entropy" in cfg.model_fields_set:
+    chunked = getattr(cfg, "chunked_cross_entropy", False)  # the loss plugin's key
+    if switches[FUSED_KEY] and chunked and "chunked_cross_entropy" in cfg.model_fields_set:
         problems.append(
             (
                 (FUSED_KEY,),
@@ -172,7 +127,6 @@ def prepare_kernels(cfg: FtkConfig) -> dict[str, bool]:
     applied = liger.applied_patches()
     if not on and not applied:
         return {}
-    check_environment(cfg)
     key = on[0] if on else _earlier_key(applied)
     family = model_type(cfg, key)
     arguments: dict[str, bool] = {}
@@ -266,14 +220,9 @@ def fused_head(
 
 
 def fused_loss(
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    num_items_in_batch: torch.Tensor | int | None,
-    cfg: FtkConfig | None = None,
-    metrics: StepMetrics | None = None,
-    kernel: LinearCrossEntropy | None = None,
-) -> torch.Tensor:
-    """The default loss (``ftk.plugins.loss.compute_loss``) with the output head and cross-entropy fused.
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], kernel: LinearCrossEntropy | None = None
+) -> LossOutput:
+    """The summed cross-entropy of the default loss, with the output head and the loss fused.
 
     ``kernel(hidden, weight, targets, bias=, softcap=)`` returns the summed cross-entropy; it is
     Liger's (:func:`ftk.integrations.liger.fused_linear_cross_entropy`) unless given.
@@ -285,7 +234,6 @@ def fused_loss(
     features = {key: value for key, value in inputs.items() if key != "labels"}
     inner = causal_lm(model)
     config = inner.config
-    aux_coef = request_router_loss(cfg, config, model, features)
     keep = trained_position_mask(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     scale, softcap = logit_transform(config)
@@ -312,18 +260,16 @@ def fused_loss(
             f"{FUSED_KEY}: {config.model_type!r} models called their output head {len(totals)} times in "
             "one forward pass, not once as the fused loss needs; turn the key off"
         )
-    loss = normalise(totals[0].float(), targets, num_items_in_batch)
-    return add_router_loss(loss, outputs, aux_coef, config, cfg, metrics)
+    return LossOutput(totals[0].float(), targets.numel(), outputs)
 
 
 # --- hooks --------------------------------------------------------------------------------------
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add the top-level ``liger_*`` keys (axolotl's names)."""
-    for key, model in KEYS.items():
-        register(key, model)
+    register(SECTION, LigerSettings, flat=True)
 
 
 @hookimpl
@@ -333,32 +279,29 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
 
 
 @hookimpl
-def check_environment(cfg: FtkConfig) -> None:
-    """A GPU, liger-kernel and Triton, when a Liger key is on."""
-    on = [key for key, value in selected_kernels(cfg).items() if value]
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
+    """A GPU, liger-kernel and Triton, when a Liger key is on and the model is loaded for it."""
+    on = [key for key, value in selected_kernels(cfg).items() if value and purpose in PATCHED_FOR]
     problem = liger.environment_problem() if on else None
     if problem is not None:
         raise FtkError(f"{on[0]}: {problem}")
 
 
 @hookimpl
-def pre_model_load(cfg: FtkConfig) -> None:
+def pre_model_load(cfg: FtkConfig, purpose: str) -> None:
     """Patch the selected kernels into the model family before the model is built."""
-    prepare_kernels(cfg)
+    if purpose in PATCHED_FOR:
+        prepare_kernels(cfg)
 
 
 @hookimpl
 def compute_loss(
-    cfg: FtkConfig,
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    num_items_in_batch: torch.Tensor | int | None,
-    metrics: StepMetrics,
-) -> torch.Tensor | None:
+    cfg: FtkConfig, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+) -> LossOutput | None:
     """The fused loss when ``liger_fused_linear_cross_entropy`` is on; None leaves it to the default."""
     if not selected_kernels(cfg)[FUSED_KEY]:
         return None
-    return fused_loss(model, inputs, num_items_in_batch, cfg=cfg, metrics=metrics)
+    return fused_loss(model, inputs)
 
 
 @hookimpl

@@ -1,46 +1,31 @@
-"""LoRA adapters through peft, full fine-tuning when no adapter is configured, and ``ftk merge-lora``.
+"""Built-in plugin: LoRA adapters through peft (``adapter: lora``, and ``qlora`` on a 4-bit base), and ``ftk merge-lora``.
 
-What gets an adapter:
-
-* ``lora_target_modules``: the modules whose names end with these names (``q_proj`` matches
-  ``model.layers.0.self_attn.q_proj``).  On mixture-of-experts models whose experts are fused into
-  3-D parameters (transformers 5), a name may also be such a parameter (``gate_up_proj``), and
-  peft maps the per-expert names of transformers 4 (``gate_proj``, ``up_proj``, ``down_proj``)
-  onto them.
-* ``lora_target_linear: true``: every ``nn.Linear`` except the output head, plus the fused expert
-  weights of MoE models, but never a router (the module beside ``experts`` that scores them):
-  routers stay frozen unless named in ``lora_target_modules``.
-* Neither: peft's default for the architecture.
-
-``lora_modules_to_save`` trains whole modules (with the output head kept tied to the input
-embeddings where the model ties them).  Tokens the run added to the vocabulary (see
-``ftk.plugins.hf_model.added_token_ids``) are trained even if nothing is listed: only their rows,
-through peft's ``trainable_token_indices`` (which follows a tied output head), unless the whole
-embedding is already in ``lora_modules_to_save``.
+``lora_target_modules`` names modules (or fused MoE expert weights), ``lora_target_linear``
+adapts every linear layer but the output head and MoE routers; the rows of tokens the run added
+are trained through peft's ``trainable_token_indices`` unless the whole embedding is in
+``lora_modules_to_save`` (``docs/training.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from rich.console import Console
+from pydantic import Field
 
-from ftk.core.config.schema import FtkConfig
-from ftk.core.errors import FtkError
+from ftk.core.config.schema import FtkConfig, StrictModel
+from ftk.core.errors import FtkError, say
+from ftk.core.files import publish_directory, staging_directory
 from ftk.core.hookspecs import hookimpl
-from ftk.plugins.hf_model import added_token_ids
-from ftk.plugins.quantization import unquantized
 
 if TYPE_CHECKING:
-    from ftk.core.registry import CommandRegistrar
+    from ftk.core.hooks import Hooks
+    from ftk.core.registry import Register
 
 #: Names of the modules beside ``experts`` in an MoE block that score the experts (the router).
 ROUTER_NAME_PARTS = ("gate", "router")
@@ -48,9 +33,34 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 MERGED_DIR_NAME = "merged"
 
 
-def _say(text: str) -> None:
-    """Print a one-line note about the adapter to stderr (no markup, no wrapping)."""
-    Console(stderr=True, soft_wrap=True).print(text, markup=False, highlight=False)
+SECTION = "lora"
+#: The adapter kinds this plugin registers (qlora: LoRA on a 4-bit base, see the quantization plugin).
+ADAPTERS = ("lora", "qlora")
+
+
+class LoraSettings(StrictModel):
+    """The top-level ``lora_*`` and ``peft_*`` keys (axolotl's names)."""
+
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(None, description="Module names to adapt.")
+    lora_target_linear: bool = Field(
+        False,
+        description="Adapt every linear layer except the output head (on MoE models: the experts too, not the router).",
+    )
+    lora_modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head); "
+        "added automatically when new tokens are added.",
+    )
+    peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
+    peft_use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+
+
+def settings(cfg: FtkConfig) -> LoraSettings:
+    """The LoRA keys of ``cfg``."""
+    return cfg.section(SECTION)
 
 
 # --- what to adapt ------------------------------------------------------------------------------
@@ -200,8 +210,10 @@ def _check_modules_to_save(model: torch.nn.Module, names: list[str]) -> None:
         )
 
 
-def embedding_plan(model: torch.nn.Module, modules_to_save: list[str] | None) -> EmbeddingPlan:
-    """Decide how new-token rows are trained, given the ``lora_modules_to_save`` the user listed."""
+def embedding_plan(
+    model: torch.nn.Module, modules_to_save: list[str] | None, new_token_ids: tuple[int, ...] = ()
+) -> EmbeddingPlan:
+    """Decide how the rows of ``new_token_ids`` are trained, given the ``lora_modules_to_save`` listed."""
     saved = list(modules_to_save or [])
     _check_modules_to_save(model, saved)
     embeddings = model.get_input_embeddings()
@@ -217,7 +229,7 @@ def embedding_plan(model: torch.nn.Module, modules_to_save: list[str] | None) ->
     plan = EmbeddingPlan(
         modules_to_save=saved, tie_weights=tied and (listed(embed_name) or listed(head_name))
     )
-    new_ids = list(added_token_ids(model))
+    new_ids = list(new_token_ids)
     if not new_ids:
         return plan
     ids = f"id {new_ids[0]}" if len(new_ids) == 1 else f"ids {new_ids[0]}..{new_ids[-1]}"
@@ -239,42 +251,43 @@ def embedding_plan(model: torch.nn.Module, modules_to_save: list[str] | None) ->
 # --- the adapter --------------------------------------------------------------------------------
 
 
-def lora_config(cfg: FtkConfig, model: torch.nn.Module) -> LoraConfig:
+def lora_config(cfg: FtkConfig, model: torch.nn.Module, new_token_ids: tuple[int, ...] = ()) -> LoraConfig:
     """peft's LoraConfig for the ``lora_*`` and ``peft_*`` keys, resolved against ``model``."""
+    lora = settings(cfg)
     modules: list[str] = []
     parameters: list[str] = []
-    if cfg.lora_target_linear:
+    if lora.lora_target_linear:
         modules, parameters = linear_targets(model)
-    if cfg.lora_target_modules:
-        named_modules, named_parameters = named_targets(model, cfg.lora_target_modules)
+    if lora.lora_target_modules:
+        named_modules, named_parameters = named_targets(model, lora.lora_target_modules)
         modules = sorted(set(modules) | set(named_modules))
         parameters = sorted(set(parameters) | set(named_parameters))
-    if parameters and cfg.peft_use_dora:
+    if parameters and lora.peft_use_dora:
         raise FtkError(
             f"peft_use_dora: DoRA cannot adapt fused expert weights ({', '.join(parameters)}); "
             "set lora_target_modules to the attention layers instead"
         )
-    targeted = bool(cfg.lora_target_linear or cfg.lora_target_modules)
-    plan = embedding_plan(model, cfg.lora_modules_to_save)
+    targeted = bool(lora.lora_target_linear or lora.lora_target_modules)
+    plan = embedding_plan(model, lora.lora_modules_to_save, new_token_ids)
     if plan.note:
-        _say(f"lora: {plan.note}")
+        say(f"lora: {plan.note}")
     return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        r=lora.lora_r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
         target_modules=modules if targeted else None,  # None lets peft choose per architecture
         target_parameters=parameters or None,
         modules_to_save=plan.modules_to_save or None,
         trainable_token_indices=plan.trainable_token_indices or None,
         ensure_weight_tying=plan.tie_weights,
-        use_dora=cfg.peft_use_dora,
-        use_rslora=cfg.peft_use_rslora,
+        use_dora=lora.peft_use_dora,
+        use_rslora=lora.peft_use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def _peft_error(exc: Exception, cfg: FtkConfig) -> FtkError:
+def _peft_error(exc: Exception, cfg: LoraSettings) -> FtkError:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if cfg.peft_use_dora and "dora" in first_line.lower():
         return FtkError(f"peft_use_dora: {first_line}")
@@ -314,28 +327,24 @@ def _report_unadapted(wanted: set[str], peft_model: Any) -> None:
     missed = sorted(wanted - adapted)
     if missed:
         shown = ", ".join(missed[:4]) + (", ..." if len(missed) > 4 else "")
-        _say(f"lora: warning: peft left {len(missed)} targeted linear layers without an adapter: {shown}")
+        say(f"lora: warning: peft left {len(missed)} targeted linear layers without an adapter: {shown}")
 
 
-@hookimpl
-def apply_adapter(cfg: FtkConfig, model: Any) -> Any:
-    """Wrap the model with LoRA when ``adapter: lora``; leave it whole for full fine-tuning."""
-    if cfg.adapter is None:
-        return model
-    if cfg.adapter not in ("lora", "qlora"):  # qlora: LoRA on a 4-bit base (the quantization plugin)
-        return None
-    config = lora_config(cfg, model)
+def apply_lora(cfg: FtkConfig, model: Any, new_token_ids: tuple[int, ...] = ()) -> Any:
+    """Wrap ``model`` with the LoRA adapter the keys describe; the rows of ``new_token_ids`` train too."""
+    config = lora_config(cfg, model, new_token_ids)
+    lora = settings(cfg)
     wanted = targeted_linears(model, config)
     try:
         peft_model = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:  # e.g. a target module type peft cannot adapt
-        raise _peft_error(exc, cfg) from exc
+        raise _peft_error(exc, lora) from exc
     _report_unadapted(wanted, peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    variant = " (DoRA)" if cfg.peft_use_dora else ""
-    variant += " (rsLoRA)" if cfg.peft_use_rslora else ""
-    _say(
-        f"lora{variant}: r={cfg.lora_r}, alpha={cfg.lora_alpha}; "
+    variant = " (DoRA)" if lora.peft_use_dora else ""
+    variant += " (rsLoRA)" if lora.peft_use_rslora else ""
+    say(
+        f"lora{variant}: r={lora.lora_r}, alpha={lora.lora_alpha}; "
         f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)"
     )
     if cfg.gradient_checkpointing:
@@ -378,32 +387,7 @@ def _check_output(output: Path, adapter: Path, force: bool) -> None:
         )
 
 
-def _ordinary_permissions(directory: Path) -> None:
-    """Let the umask decide the directory's permissions (mkdtemp makes it private to the user)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-
-
-def _replace_directory(staging: Path, output: Path) -> None:
-    """Move the complete ``staging`` directory to ``output``, replacing what is there."""
-    if output.is_dir() and not any(output.iterdir()):
-        output.rmdir()
-    if not output.exists():
-        os.replace(staging, output)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-    os.replace(output, old / output.name)
-    try:
-        os.replace(staging, output)
-    except OSError:
-        os.replace(old / output.name, output)  # put the previous contents back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: bool = False) -> Path:
+def merge_lora(cfg: FtkConfig, hooks: Hooks, adapter: Path, output: Path, force: bool = False) -> Path:
     """Merge the LoRA adapter in ``adapter`` into the base model of ``cfg`` and save it to ``output``.
 
     The result (safetensors weights, config, tokenizer) loads with plain
@@ -420,19 +404,17 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
             "was the run trained with adapter: lora?)"
         )
     _check_output(output, adapter, force)
-    cfg = unquantized(cfg)  # merge into full-precision weights, not into a quantized copy of them
     tokenizer = load_inference_tokenizer(cfg, hooks, adapter)
-    base = load_base_model(cfg, hooks, tokenizer)
+    # "merge": plugins load full-precision weights (no quantized copy to merge into).
+    base = load_base_model(cfg, hooks, tokenizer, "merge")
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.config.use_cache = True  # the merged model is for inference
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    staging = staging_directory(output)
     try:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        _ordinary_permissions(staging)
         _check_output(output, adapter, force)  # again: something may have appeared meanwhile
-        _replace_directory(staging, output)
+        publish_directory(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
@@ -440,18 +422,50 @@ def merge_lora(cfg: FtkConfig, hooks: Any, adapter: Path, output: Path, force: b
 
 def _run_merge(args: argparse.Namespace) -> int:
     """Run ``ftk merge-lora`` as ``args`` says and print where the model went."""
-    from ftk.core.config.loader import load_config
+    from ftk.core.lifecycle import prepare
 
-    cfg, manager = load_config(args.config)
-    adapter = Path(args.adapter or cfg.output_dir)
-    output = Path(args.output) if args.output else Path(cfg.output_dir) / MERGED_DIR_NAME
-    merge_lora(cfg, manager.hook, adapter, output, force=args.force)
-    Console().print(f"merged {adapter} into {cfg.base_model}: {output}", markup=False, highlight=False)
+    run = prepare(args.config, purpose="merge", manager=args.manager)
+    adapter = Path(args.adapter or run.cfg.output_dir)
+    output = Path(args.output) if args.output else Path(run.cfg.output_dir) / MERGED_DIR_NAME
+    merge_lora(run.cfg, run.hooks, adapter, output, force=args.force)
+    print(f"merged {adapter} into {run.cfg.base_model}: {output}")
     return 0
 
 
+# --- hooks -------------------------------------------------------------------------------------
+
+
 @hookimpl
-def register_commands(register: CommandRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
+    """Add the top-level ``lora_*`` and ``peft_*`` keys."""
+    register(SECTION, LoraSettings, flat=True)
+
+
+@hookimpl
+def register_adapters(register: Register) -> None:
+    """Offer ``adapter: lora`` and ``adapter: qlora`` (the same adapter; qlora asks for a 4-bit base)."""
+    for name in ADAPTERS:
+        register(name, apply_lora)
+
+
+@hookimpl
+def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
+    """LoRA keys that need an adapter when there is none (full fine-tuning trains everything)."""
+    lora = settings(cfg)
+    if lora is None or cfg.adapter is not None:
+        return []
+    problems = []
+    if lora.lora_modules_to_save:
+        problems.append((("lora_modules_to_save",), "needs an adapter (full fine-tuning trains everything)"))
+    for key in ("peft_use_dora", "peft_use_rslora"):
+        if getattr(lora, key):
+            problems.append(((key,), "needs adapter: lora (or qlora)"))
+            break
+    return problems
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
     """Contribute the ``merge-lora`` command."""
     register(
         name="merge-lora",

@@ -1,58 +1,60 @@
-"""The built-in optimizers and learning-rate schedules, behind the ``create_optimizer`` and
-``create_scheduler`` hooks.
+"""Built-in plugin: the optimizers and learning-rate schedules ftk ships, as registrations.
 
-Optimizers (``optimizer:``): ``adamw_torch``, ``adamw_torch_fused``, ``adamw_bnb_8bit``, ``sgd``,
-``adafactor``.  Weight decay applies to matrices only, never to biases, norms or other 1-D
-parameters.
-
-Schedules (``lr_scheduler:``), as a multiplier of ``learning_rate`` at optimizer step ``s``
-(``s = 0`` is the first step), with ``W`` warmup steps, ``T`` training steps and the floor
-``r = min_lr_ratio``:
-
-* warmup, every shape, ``s < W``:  ``s / W`` (the first step runs at 0, as in transformers);
-* ``constant``, ``s >= W``:  ``1`` (``min_lr_ratio`` does not apply);
-* ``linear``, ``s >= W``:  ``r + (1 - r) * (1 - p)``;
-* ``cosine``, ``s >= W``:  ``r + (1 - r) * (1 + cos(pi * p)) / 2``;
-
-where ``p = min(1, (s - W) / max(1, T - W))`` is the share of the decay done.  The multiplier
-reaches ``r`` at ``s = T``, the value after the last step, as transformers' schedules reach 0.
-``W`` is ``warmup_steps``, or ``ceil(T * warmup_ratio)``, or 0.
+Optimizers: ``adamw_torch``, ``adamw_torch_fused``, ``adamw_bnb_8bit`` (CUDA), ``sgd``,
+``adafactor``.  Schedules: ``cosine``, ``linear``, ``constant``, each after a linear warmup
+(the first step runs at 0, as in transformers); the formulas are in ``docs/training.md``.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import sys
 from collections.abc import Callable, Iterable
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import Field
 from transformers.optimization import Adafactor
 
-from ftk.core.config.schema import FtkConfig
-from ftk.core.errors import FtkError
+from ftk.core.config.schema import FtkConfig, StrictModel
+from ftk.core.errors import FtkError, say
 from ftk.core.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from ftk.core.registry import Register
+
+SECTION = "optimizers"
 SGD_MOMENTUM = 0.9
+#: What the 8-bit AdamW's machine check runs for (it builds no optimizer otherwise).
+OPTIMIZER_PURPOSES = ("validate", "train")
+
+
+class OptimizerSettings(StrictModel):
+    """Top-level keys of the built-in optimizers and schedules."""
+
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cosine and linear schedules end at this share of learning_rate."
+    )
 
 
 def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
+    say(f"note: {message}")
+
+
+def _adam(cfg: FtkConfig) -> dict[str, Any]:
+    settings = cfg.section(SECTION)
+    return {
+        "lr": cfg.learning_rate,
+        "betas": (settings.adam_beta1, settings.adam_beta2),
+        "eps": settings.adam_epsilon,
+    }
 
 
 # --- optimizers ---------------------------------------------------------------------------
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, 1-D)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
 
 
 def fused_adamw_problem(params: Iterable[torch.Tensor]) -> str | None:
@@ -72,13 +74,7 @@ def fused_adamw_problem(params: Iterable[torch.Tensor]) -> str | None:
 
 
 def _adamw(cfg: FtkConfig, groups: list[dict], fused: bool) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        groups,
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_epsilon,
-        fused=fused or None,
-    )
+    return torch.optim.AdamW(groups, **_adam(cfg), fused=fused or None)
 
 
 def fused_adamw(cfg: FtkConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -110,9 +106,7 @@ def import_bnb_optim() -> ModuleType:
 def bnb_adamw_8bit(cfg: FtkConfig, groups: list[dict], model: torch.nn.Module) -> torch.optim.Optimizer:
     """bitsandbytes' 8-bit AdamW (CUDA only); embedding matrices keep 32-bit optimizer state."""
     bnb_optim = import_bnb_optim()
-    optimizer = bnb_optim.AdamW8bit(
-        groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon
-    )
+    optimizer = bnb_optim.AdamW8bit(groups, **_adam(cfg))
     # 8-bit state for embeddings is known to destabilise training (bitsandbytes' own advice).
     manager = bnb_optim.GlobalOptimManager.get_instance()
     for module in model.modules():
@@ -133,43 +127,17 @@ def adafactor(cfg: FtkConfig, groups: list[dict]) -> torch.optim.Optimizer:
     )
 
 
-@hookimpl
-def check_environment(cfg: FtkConfig) -> None:
-    """Before any data work: an 8-bit AdamW needs a CUDA GPU and bitsandbytes."""
-    if cfg.optimizer == "adamw_bnb_8bit":
-        import_bnb_optim()
-
-
-@hookimpl
-def create_optimizer(cfg: FtkConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Build the optimizer ``cfg.optimizer`` names over the model's trainable parameters."""
-    groups = parameter_groups(model, cfg.weight_decay)
-    if not groups:
-        raise FtkError("optimizer: the model has no trainable parameters")
-    if cfg.optimizer == "adamw_torch":
-        return _adamw(cfg, groups, fused=False)
-    if cfg.optimizer == "adamw_torch_fused":
-        return fused_adamw(cfg, groups)
-    if cfg.optimizer == "adamw_bnb_8bit":
-        return bnb_adamw_8bit(cfg, groups, model)
-    if cfg.optimizer == "sgd":
-        return sgd(cfg, groups)
-    return adafactor(cfg, groups)
+#: ``optimizer:`` name -> build(cfg, parameter groups, model).
+OPTIMIZERS: dict[str, Callable[[FtkConfig, list[dict], torch.nn.Module], torch.optim.Optimizer]] = {
+    "adamw_torch": lambda cfg, groups, model: _adamw(cfg, groups, fused=False),
+    "adamw_torch_fused": lambda cfg, groups, model: fused_adamw(cfg, groups),
+    "adamw_bnb_8bit": bnb_adamw_8bit,
+    "sgd": lambda cfg, groups, model: sgd(cfg, groups),
+    "adafactor": lambda cfg, groups, model: adafactor(cfg, groups),
+}
 
 
 # --- schedules ----------------------------------------------------------------------------
-
-
-def warmup_steps(cfg: FtkConfig, num_training_steps: int) -> int:
-    """Warmup length in optimizer steps: ``warmup_steps``, or ``ceil(T * warmup_ratio)``, or 0.
-
-    The product is rounded to 9 digits before the ceiling, so that 0.1 * 30 is 3 steps, not 4.
-    """
-    if cfg.warmup_steps is not None:
-        return cfg.warmup_steps
-    if cfg.warmup_ratio is not None:
-        return math.ceil(round(num_training_steps * cfg.warmup_ratio, 9))
-    return 0
 
 
 def lr_multiplier(step: int, shape: str, warmup: int, total: int, floor: float) -> float:
@@ -196,19 +164,57 @@ def schedule(shape: str, warmup: int, total: int, floor: float) -> Callable[[int
     return multiplier
 
 
-@hookimpl
-def create_scheduler(
-    cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine or linear decay to ``min_lr_ratio`` of the peak, or a constant rate."""
-    warmup = warmup_steps(cfg, num_training_steps)
-    if cfg.lr_scheduler == "constant" and cfg.min_lr_ratio > 0:
-        _note("min_lr_ratio does not apply to lr_scheduler: constant; ignored")
-    if warmup >= num_training_steps > 0:
-        _note(
-            f"warmup ({warmup} steps) is not shorter than the run ({num_training_steps} steps): "
-            "the learning rate never reaches learning_rate"
+def lambda_schedule(
+    shape: str,
+) -> Callable[[FtkConfig, torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]:
+    """The registered build function of the schedule ``shape`` (a LambdaLR over :func:`lr_multiplier`)."""
+
+    def build(
+        cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int, num_warmup_steps: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        floor = cfg.section(SECTION).min_lr_ratio
+        if shape == "constant" and floor > 0:
+            _note("min_lr_ratio does not apply to lr_scheduler: constant; ignored")
+        if num_warmup_steps >= num_training_steps > 0:
+            _note(
+                f"warmup ({num_warmup_steps} steps) is not shorter than the run ({num_training_steps} steps): "
+                "the learning rate never reaches learning_rate"
+            )
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, schedule(shape, num_warmup_steps, num_training_steps, floor)
         )
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, schedule(cfg.lr_scheduler, warmup, num_training_steps, cfg.min_lr_ratio)
-    )
+
+    return build
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+# --- hooks --------------------------------------------------------------------------------
+
+
+@hookimpl
+def register_config_sections(register: Register) -> None:
+    """Add the top-level ``adam_*`` and ``min_lr_ratio`` keys."""
+    register(SECTION, OptimizerSettings, flat=True)
+
+
+@hookimpl
+def register_optimizers(register: Register) -> None:
+    """Offer the built-in optimizers by name."""
+    for name, build in OPTIMIZERS.items():
+        register(name, build)
+
+
+@hookimpl
+def register_schedulers(register: Register) -> None:
+    """Offer ``cosine``, ``linear`` and ``constant``."""
+    for shape in SCHEDULES:
+        register(shape, lambda_schedule(shape))
+
+
+@hookimpl
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
+    """Before any data work: an 8-bit AdamW needs a CUDA GPU and bitsandbytes."""
+    if cfg.optimizer == "adamw_bnb_8bit" and purpose in OPTIMIZER_PURPOSES:
+        import_bnb_optim()

@@ -1,23 +1,9 @@
-"""Profile a window of optimizer steps with ``torch.profiler``.
+"""Built-in plugin: profile a window of optimizer steps with ``torch.profiler``.
 
-Config (all optional; ``profiler_steps`` turns profiling on)::
-
-    profiler_steps: 2         # how many optimizer steps to profile
-    profiler_steps_start: 3   # optimizer steps to run before the window (0: from the first step)
-    profiler:                 # settings of the profiler itself
-      record_shapes: true
-      profile_memory: true
-      with_stack: false
-      row_limit: 15
-
-The window is the steps numbered ``profiler_steps_start + 1`` to ``profiler_steps_start +
-profiler_steps`` (steps count from 1, as in the logs).  Each one is marked ``ProfilerStep#N`` in
-``<output_dir>/profiler/trace_rank{rank}.json``, a Chrome trace that chrome://tracing and Perfetto
-open.  On CUDA the CUDA kernels are profiled too and, with ``profile_memory``, the allocator's
-history over the window is dumped to ``memory_snapshot_rank{rank}.pickle`` (open it at
-https://pytorch.org/memory_viz).  When the window closes the main process prints the top
-operations by self time and by memory, and writes the same tables to ``top_ops.txt``.  A window
-that starts after the run's last step profiles nothing and says so in one line.
+``profiler_steps: N`` turns it on (``profiler_steps_start`` skips steps first; the ``profiler:``
+section holds the profiler's own settings).  The window's Chrome trace, a CUDA memory snapshot on
+a GPU, and the top operations by time and memory (printed, and in ``top_ops.txt``) go to
+``output_dir/profiler/`` (``docs/training.md``).
 """
 
 from __future__ import annotations
@@ -36,7 +22,7 @@ from transformers import TrainerCallback
 
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.hookspecs import hookimpl
-from ftk.core.registry import SectionRegistrar
+from ftk.core.registry import Register
 
 STEPS_KEY = "profiler_steps"
 START_KEY = "profiler_steps_start"
@@ -322,7 +308,7 @@ class StepProfilerCallback(TrainerCallback):
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add the top-level ``profiler_steps`` and ``profiler_steps_start`` keys and the ``profiler:`` section."""
     register(STEPS_KEY, ProfilerSteps)
     register(START_KEY, ProfilerStepsStart)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ftk.core.hookspecs import hookimpl
-from ftk.core.registry import StrategyRegistrar
+from ftk.core.registry import Register
 from ftk.prompt_strategies import alpaca, chat_template, completion, input_output
 from ftk.prompt_strategies.templates import template_name_problem
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 @hookimpl
-def register_prompt_strategies(register: StrategyRegistrar) -> None:
+def register_prompt_strategies(register: Register) -> None:
     """Offer ``type: chat_template``, ``alpaca``, ``completion`` and ``input_output``."""
     register("chat_template", chat_template.build, chat_template.ChatTemplateOptions)
     register("alpaca", alpaca.build, alpaca.AlpacaOptions)

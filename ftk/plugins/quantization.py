@@ -1,31 +1,10 @@
-"""Quantized base models: bitsandbytes 4-bit (QLoRA) and 8-bit with axolotl's keys, torchao in ``quantization:``.
+"""Built-in plugin: quantized base models, bitsandbytes 4-bit (QLoRA) and 8-bit with axolotl's keys, torchao in ``quantization:``.
 
-Config::
-
-    adapter: qlora                     # LoRA on a 4-bit base (adapter: lora does the same)
-    load_in_4bit: true                 # bitsandbytes
-    bnb_4bit_quant_type: nf4           # nf4 (default) or fp4
-    bnb_4bit_use_double_quant: true    # default true
-    bnb_4bit_compute_dtype: bfloat16   # default: bfloat16 with bf16, float16 with fp16, else float32
-    bnb_4bit_quant_storage: bfloat16   # default uint8; the model's dtype for FSDP or ZeRO-3
-
-    adapter: lora
-    load_in_8bit: true                 # bitsandbytes LLM.int8
-
-    adapter: lora
-    quantization:
-      backend: torchao
-      method: int8_weight_only         # or float8_weight_only, float8_dynamic_activation_float8_weight
-
-Quantized weights are frozen, so a quantized base needs an adapter.  When the config is loaded
-the plugin checks that the keys fit together and with the adapter (``config_problems``); before
-the model is loaded, that this machine can do what they ask: library installed and recent enough,
-hardware able to run the method (``pre_model_load``).  It contributes ``quantization_config`` to
-``from_pretrained`` (``model_load_kwargs``).  After loading (``post_model_load``) it checks that
-the weights really are quantized and prepares a bitsandbytes base with peft's
-``prepare_model_for_kbit_training``: every weight frozen, the unquantized ones (embeddings, norms,
-output head) cast to float32 for stable updates; the adapter plugin then adds the trainable LoRA
-weights.  bitsandbytes and torchao are imported only when used.
+Quantized weights are frozen, so a quantized base needs an adapter.  The keys are checked
+against each other and the adapter when the config is loaded, the machine (library, version,
+hardware) before any data work, and the loaded model afterwards; a bitsandbytes base is then
+prepared with peft's ``prepare_model_for_kbit_training`` (``docs/scaling.md``).  ``ftk
+merge-lora`` loads the base unquantized, to merge into full-precision weights.
 """
 
 from __future__ import annotations
@@ -35,21 +14,21 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.version import Version
-from pydantic import Field, RootModel
-from rich.console import Console
+from pydantic import Field
 from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, TORCHAO_MIN_VERSION
 
 from ftk.core.config.schema import FtkConfig, StrictModel
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, say
 from ftk.core.hookspecs import hookimpl
 from ftk.integrations import bnb, torchao
 
 if TYPE_CHECKING:
-    from transformers import Trainer
-
-    from ftk.core.registry import SectionRegistrar
+    from ftk.core.registry import Register
 
 SECTION = "quantization"
+BNB_SECTION = "bitsandbytes"
+#: What the base is quantized for: training (and checking a config for it), eval and generate.
+QUANTIZED_FOR = ("validate", "train", "inference")
 BNB_INSTALL = "pip install 'ftk[bnb]'"
 TORCHAO_INSTALL = f"pip install 'torchao>={TORCHAO_MIN_VERSION}'"
 
@@ -57,52 +36,33 @@ TORCHAO_INSTALL = f"pip install 'torchao>={TORCHAO_MIN_VERSION}'"
 # --- config -------------------------------------------------------------------------------------
 
 
-class LoadIn4bit(RootModel[bool]):
-    """Top-level key ``load_in_4bit``."""
+StorageDtype = Literal["uint8", "int8", "bfloat16", "float16", "float32"]
 
-    root: bool = Field(
-        description="bitsandbytes: load the linear layers in 4 bits (QLoRA: with adapter: qlora)."
+
+class BnbSettings(StrictModel):
+    """The top-level bitsandbytes keys (axolotl's names); unset is off or the default."""
+
+    load_in_4bit: bool | None = Field(
+        None, description="bitsandbytes: load the linear layers in 4 bits (QLoRA: with adapter: qlora)."
     )
-
-
-class LoadIn8bit(RootModel[bool]):
-    """Top-level key ``load_in_8bit``."""
-
-    root: bool = Field(
-        description="bitsandbytes: load the linear layers in 8 bits, LLM.int8 (with adapter: lora)."
+    load_in_8bit: bool | None = Field(
+        None, description="bitsandbytes: load the linear layers in 8 bits, LLM.int8 (with adapter: lora)."
     )
-
-
-class Bnb4bitQuantType(RootModel[Literal["nf4", "fp4"]]):
-    """Top-level key ``bnb_4bit_quant_type``."""
-
-    root: Literal["nf4", "fp4"] = Field(
-        description="4-bit data type: nf4 (normal float, suits normally distributed weights; the default) or fp4."
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = Field(
+        None,
+        description="4-bit data type: nf4 (normal float, suits normally distributed weights; the default) or fp4.",
     )
-
-
-class Bnb4bitUseDoubleQuant(RootModel[bool]):
-    """Top-level key ``bnb_4bit_use_double_quant``."""
-
-    root: bool = Field(
-        description="Quantize the 4-bit scales too, saving about 0.4 bit per weight (default true)."
+    bnb_4bit_use_double_quant: bool | None = Field(
+        None, description="Quantize the 4-bit scales too, saving about 0.4 bit per weight (default true)."
     )
-
-
-class Bnb4bitComputeDtype(RootModel[Literal["float32", "bfloat16", "float16"]]):
-    """Top-level key ``bnb_4bit_compute_dtype``."""
-
-    root: Literal["float32", "bfloat16", "float16"] = Field(
-        description="dtype of the 4-bit matmuls (default: bfloat16 with bf16, float16 with fp16, else float32)."
+    bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="dtype of the 4-bit matmuls (default: bfloat16 with bf16, float16 with fp16, else float32).",
     )
-
-
-class Bnb4bitQuantStorage(RootModel[Literal["uint8", "int8", "bfloat16", "float16", "float32"]]):
-    """Top-level key ``bnb_4bit_quant_storage``."""
-
-    root: Literal["uint8", "int8", "bfloat16", "float16", "float32"] = Field(
+    bnb_4bit_quant_storage: StorageDtype | None = Field(
+        None,
         description="dtype the packed 4-bit weights are stored as (default uint8). FSDP and ZeRO-3 shard "
-        "one dtype: set it to the model's (bfloat16 with bf16)."
+        "one dtype: set it to the model's (bfloat16 with bf16).",
     )
 
 
@@ -120,22 +80,13 @@ class QuantizationConfig(StrictModel):
     )
 
 
-#: Top-level keys and their models; each is optional (absent: None).
-BNB_KEYS: dict[str, type[RootModel]] = {
-    "load_in_4bit": LoadIn4bit,
-    "load_in_8bit": LoadIn8bit,
-    "bnb_4bit_quant_type": Bnb4bitQuantType,
-    "bnb_4bit_use_double_quant": Bnb4bitUseDoubleQuant,
-    "bnb_4bit_compute_dtype": Bnb4bitComputeDtype,
-    "bnb_4bit_quant_storage": Bnb4bitQuantStorage,
-}
-BNB_4BIT_KEYS = tuple(key for key in BNB_KEYS if key.startswith("bnb_4bit_"))
+BNB_4BIT_KEYS = tuple(key for key in BnbSettings.model_fields if key.startswith("bnb_4bit_"))
 
 
 def value(cfg: FtkConfig, key: str) -> Any:
-    """The value of the top-level plugin key ``key``, or None when the config does not set it."""
-    section = cfg.section(key)
-    return None if section is None else section.root
+    """The value of the bitsandbytes key ``key``, or None when the config does not set it."""
+    settings = cfg.section(BNB_SECTION)
+    return None if settings is None else getattr(settings, key)
 
 
 # --- what the config asks for -------------------------------------------------------------------
@@ -229,17 +180,6 @@ def resolve(cfg: FtkConfig) -> Quantization | None:
     )
 
 
-def unquantized(cfg: FtkConfig) -> FtkConfig:
-    """A copy of ``cfg`` that loads the base model unquantized, e.g. to merge an adapter into full weights.
-
-    ``adapter: qlora`` becomes ``lora``: the same adapter, on an unquantized base.
-    """
-    update: dict[str, Any] = {key: None for key in (*BNB_KEYS, SECTION) if key in type(cfg).model_fields}
-    if cfg.adapter == "qlora":
-        update["adapter"] = "lora"
-    return cfg.model_copy(update=update)
-
-
 # --- this machine -------------------------------------------------------------------------------
 
 
@@ -256,7 +196,7 @@ def require_package(package: str, minimum: str, key: str, install: str) -> str:
     return installed
 
 
-def check_environment(quant: Quantization) -> None:
+def check_machine(quant: Quantization) -> None:
     """Raise an FtkError naming the key when this machine cannot load the base as ``quant`` says."""
     if quant.backend == "torchao":
         problem = torchao.this_hardware_problem(str(quant.method))
@@ -289,10 +229,9 @@ def quantization_config(quant: Quantization) -> Any:
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add axolotl's top-level bitsandbytes keys and the ``quantization:`` section (torchao)."""
-    for key, model in BNB_KEYS.items():
-        register(key, model)
+    register(BNB_SECTION, BnbSettings, flat=True)
     register(SECTION, QuantizationConfig)
 
 
@@ -302,34 +241,30 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
     return [((key,), message) for key, message in problems(cfg)]
 
 
-@hookimpl(specname="check_environment")
-def check_machine(cfg: FtkConfig) -> None:
+def _wanted(cfg: FtkConfig, purpose: str) -> Quantization | None:
+    """What ``cfg`` asks for when the model is loaded for ``purpose`` (None for a merge: full precision)."""
+    return resolve(cfg) if purpose in QUANTIZED_FOR else None
+
+
+@hookimpl
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: stop when this machine cannot quantize as the config asks."""
-    quant = resolve(cfg)
+    quant = _wanted(cfg, purpose)
     if quant is not None:
-        check_environment(quant)
+        check_machine(quant)
 
 
 @hookimpl
-def pre_model_load(cfg: FtkConfig) -> None:
-    """Stop before loading when this machine cannot quantize as the config asks (``ftk eval`` too)."""
-    check_machine(cfg)
-
-
-@hookimpl
-def model_load_kwargs(cfg: FtkConfig) -> dict[str, Any]:
+def model_load_kwargs(cfg: FtkConfig, purpose: str) -> dict[str, Any]:
     """``quantization_config`` for ``from_pretrained`` when the config quantizes the base model."""
-    quant = resolve(cfg)
-    if quant is None:
-        return {}
-    check_environment(quant)
-    return {"quantization_config": quantization_config(quant)}
+    quant = _wanted(cfg, purpose)
+    return {} if quant is None else {"quantization_config": quantization_config(quant)}
 
 
 @hookimpl
-def post_model_load(cfg: FtkConfig, model: Any) -> None:
+def post_model_load(cfg: FtkConfig, model: Any, purpose: str) -> None:
     """Check that the base was loaded quantized, prepare a bitsandbytes base for training, and say how."""
-    quant = resolve(cfg)
+    quant = _wanted(cfg, purpose)
     if quant is None:
         return
     if not getattr(model, "is_quantized", False):
@@ -343,13 +278,11 @@ def post_model_load(cfg: FtkConfig, model: Any) -> None:
         # Gradient checkpointing is left to the trainer and the adapter plugin.
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     size = model.get_memory_footprint() / 2**20
-    Console(stderr=True, soft_wrap=True).print(
-        f"quantization: {quant.describe()}; base model {size:,.1f} MiB", markup=False, highlight=False
-    )
+    say(f"quantization: {quant.describe()}; base model {size:,.1f} MiB")
 
 
 @hookimpl
-def summary_rows(cfg: FtkConfig, trainer: Trainer) -> list[tuple[str, str]]:
+def summary_rows(cfg: FtkConfig) -> list[tuple[str, str]]:
     """A ``quantization`` row in the end-of-run summary when the base was quantized."""
     quant = resolve(cfg)
     return [] if quant is None else [("quantization", quant.describe())]

@@ -35,7 +35,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import RowError
-from ftk.prompt_strategies.chat_template import IGNORE_INDEX, ChatTemplateOptions, ChatTemplateTokenizer
+from ftk.core.lm import IGNORE_INDEX
+from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
 from ftk.prompt_strategies.templates import known_template_name
 

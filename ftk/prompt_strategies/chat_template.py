@@ -23,13 +23,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import FtkError, RowError
+from ftk.core.lm import IGNORE_INDEX
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
 from ftk.prompt_strategies.chat_rows import REASONING, REASONING_KEYS, MessageReader, read_tools
 from ftk.prompt_strategies.templates import known_template_name, resolve_chat_template
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 SCAFFOLD_CACHE_SIZE = 4096
 _BASE_KEYS = frozenset({"role", "content", "train"})
 

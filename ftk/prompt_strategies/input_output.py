@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import RowError
-from ftk.prompt_strategies.chat_template import IGNORE_INDEX
+from ftk.core.lm import IGNORE_INDEX
 
 
 class InputOutputOptions(StrictModel):

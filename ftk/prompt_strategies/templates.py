@@ -35,8 +35,7 @@ from pathlib import Path
 from pydantic_core import PydanticCustomError
 from transformers import PreTrainedTokenizerBase
 
-from ftk.core.config.loader import suggest
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, suggest
 
 CHATML = (
     "{%- for message in messages -%}"

@@ -11,7 +11,7 @@ from ftk.core.hookspecs import hookimpl
 
 
 @hookimpl
-def compute_loss(cfg, model, inputs, num_items_in_batch):
+def compute_loss(cfg, model, inputs):
     """Append (rank, example fingerprints) to ``<output_dir>/batches-rank<R>.jsonl``; let the real loss run."""
     if not model.training:
         return None

@@ -1,6 +1,7 @@
 """A test plugin that makes things happen at a chosen optimizer step: a signal, a NaN, an OOM, a kill mid-save.
 
-Config section ``events:``; every event is off unless its step is set.
+Config section ``events:``; every event is off unless its step is set.  The kill mid-save needs
+``lr_scheduler: kill_while_saving`` too (a constant schedule whose state kills the process).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from transformers import TrainerCallback
 
 from ftk.core.config.schema import StrictModel
 from ftk.core.hookspecs import hookimpl
-from ftk.plugins import loss as default_loss
+from ftk.core.lm import LossOutput
 
 
 class EventsSection(StrictModel):
@@ -71,21 +72,23 @@ def trainer_callbacks(cfg):
 
 
 @hookimpl
-def compute_loss(cfg, model, inputs, num_items_in_batch, metrics):
+def compute_loss(cfg, model, inputs):
     section = cfg.section("events")
     if section is None or not model.training:
         return None
     if _current["step"] == section.oom_at_step:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     if _current["step"] == section.nan_at_step:
-        loss = default_loss.compute_loss(model=model, inputs=inputs, num_items_in_batch=num_items_in_batch)
-        return loss * float("nan")
+        summed = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float().sum()
+        return LossOutput(summed * float("nan"), 1)
     return None
 
 
 @hookimpl
-def create_scheduler(cfg, optimizer, num_training_steps):
-    section = cfg.section("events")
-    if section is None or section.kill_while_saving_step is None:
-        return None
-    return KillWhileSaving(optimizer, section.kill_while_saving_step)
+def register_schedulers(register):
+    register(
+        "kill_while_saving",
+        lambda cfg, optimizer, steps, warmup: KillWhileSaving(
+            optimizer, cfg.section("events").kill_while_saving_step
+        ),
+    )

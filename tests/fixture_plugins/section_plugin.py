@@ -7,6 +7,7 @@ from pydantic import Field
 
 from ftk.core.config.schema import StrictModel
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lm import LossOutput
 
 __version__ = "1.2.3"
 
@@ -24,7 +25,7 @@ def register_config_sections(register):
 
 
 @hookimpl
-def compute_loss(cfg, model, inputs, num_items_in_batch):
+def compute_loss(cfg, model, inputs):
     section = cfg.section("smoothing")
     if section is None or not section.enabled:
         return None
@@ -35,5 +36,4 @@ def compute_loss(cfg, model, inputs, num_items_in_batch):
     total = F.cross_entropy(
         shift_logits, shift_labels, ignore_index=-100, reduction="sum", label_smoothing=section.epsilon
     )
-    count = num_items_in_batch if num_items_in_batch is not None else shift_labels.ne(-100).sum()
-    return total / count
+    return LossOutput(total, shift_labels.ne(-100).sum())

@@ -6,7 +6,6 @@ them at once, as one ``FtkError``.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -15,9 +14,9 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.config.source import ConfigSource, Loc, apply_overrides, parse_overrides, read_config_file
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, format_loc, suggest
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
-from ftk.core.registry import Registry, Strategy
+from ftk.core.registry import Registry, Section, Strategy
 
 DATASET_LIST_KEYS = ("datasets", "test_datasets")
 
@@ -29,14 +28,6 @@ AXOLOTL_RENAMES: dict[str, str] = {
     "flash_attention": "attn_implementation",
     "sdp_attention": "attn_implementation",
 }
-
-
-def format_loc(loc: Loc) -> str:
-    """``("datasets", 0, "path")`` -> ``datasets[0].path``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -63,15 +54,6 @@ def _unwrap(annotation: Any) -> Any:
         if isinstance(found, type) and issubclass(found, BaseModel):
             return found
     return annotation if get_origin(annotation) is None else None
-
-
-def suggest(key: str, candidates: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    if not match:
-        # Catch transpositions and abbreviations that difflib scores low on short keys.
-        match = [c for c in candidates if c.startswith(key) or key.startswith(c)][:1]
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 class ConfigErrors:
@@ -129,15 +111,62 @@ class ConfigErrors:
         raise FtkError("\n".join(lines))
 
 
-def build_config_model(sections: dict[str, type[BaseModel]]) -> type[FtkConfig]:
-    """FtkConfig extended with one optional field per plugin-registered section."""
+def build_config_model(sections: dict[str, Section]) -> type[FtkConfig]:
+    """FtkConfig extended with the plugins' keys: one optional field per section, the fields of flat ones."""
     if not sections:
         return FtkConfig
-    clashes = set(sections) & set(FtkConfig.model_fields)
-    if clashes:
-        raise FtkError(f"plugin config sections clash with built-in keys: {', '.join(sorted(clashes))}")
-    fields: dict[str, Any] = {name: (model | None, None) for name, model in sections.items()}
-    return create_model("FtkConfigWithSections", __base__=FtkConfig, **fields)
+    fields: dict[str, Any] = {}
+    owners = {name: "ftk" for name in FtkConfig.model_fields}
+    flat: dict[str, type[BaseModel]] = {}
+    for section in sections.values():
+        added: dict[str, Any]
+        if section.flat:
+            _check_flat(section)
+            flat[section.name] = section.model
+            added = {key: (info.annotation, info) for key, info in section.model.model_fields.items()}
+        else:
+            added = {section.name: (section.model | None, None)}
+        for key in added:
+            if key in owners:
+                owner = "a built-in key" if owners[key] == "ftk" else f"a key of plugin {owners[key]!r}"
+                raise FtkError(f"plugin {section.plugin!r}: config key {key!r} is already {owner}")
+            owners[key] = section.plugin
+        fields.update(added)
+    model = create_model("FtkConfigWithSections", __base__=FtkConfig, **fields)
+    model.flat_sections = flat
+    return model
+
+
+def _check_flat(section: Section) -> None:
+    """Flat sections validate through their field types: decorator validators would not carry over."""
+    decorators = section.model.__pydantic_decorators__
+    if decorators.field_validators or decorators.model_validators:
+        raise FtkError(
+            f"plugin {section.plugin!r}: flat config section {section.name!r} has validator methods; "
+            "put field checks in the field types (Annotated[..., AfterValidator(...)]) and checks "
+            "across keys in config_problems"
+        )
+
+
+#: Top-level keys that choose a registered name, and the registry table the name must be in.
+NAMED_CHOICES = {"adapter": "adapters", "optimizer": "optimizers", "lr_scheduler": "schedulers"}
+
+
+def _choice_problems(cfg: FtkConfig, registry: Registry) -> list[tuple[Loc, str]]:
+    """``adapter``, ``optimizer``, ``lr_scheduler`` and ``report_to`` names nobody registered."""
+    chosen: list[tuple[Loc, str, str | None]] = [
+        ((key,), table, getattr(cfg, key)) for key, table in NAMED_CHOICES.items()
+    ]
+    chosen += [(("report_to", index), "trackers", name) for index, name in enumerate(cfg.report_to)]
+    problems = []
+    for loc, table, name in chosen:
+        if name is None:
+            continue
+        try:
+            registry.lookup(table, name)
+        except FtkError as exc:
+            problems.append((loc, str(exc)))
+    return problems
 
 
 def resolve_strategy(registry: Registry, type_name: str) -> Strategy:
@@ -213,11 +242,12 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
         errors.add_validation_error(exc, model)
         errors.raise_if_any()
         raise AssertionError("unreachable") from exc
-    for loc, message in cfg.combination_problems():
+    for loc, message in [
+        *cfg.combination_problems(),
+        *_choice_problems(cfg, registry),
+        *manager.hooks.config_problems(cfg),
+    ]:
         errors.add(loc, message)
-    for problems in manager.hook.config_problems(cfg=cfg):
-        for loc, message in problems or []:
-            errors.add(tuple(loc), message)
     errors.raise_if_any()
     for key in DATASET_LIST_KEYS:
         for index, dataset in enumerate(getattr(cfg, key)):
@@ -225,6 +255,14 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
             for name, value in (dataset._options.model_dump() if dataset._options else {}).items():
                 setattr(dataset, name, value)
     return cfg
+
+
+def config_from_data(
+    data: dict[str, Any], manager: FtkPluginManager | None = None, name: str = "<config>"
+) -> FtkConfig:
+    """Validate config data built in Python (no file) against the built-ins and ``manager``'s plugins."""
+    source = ConfigSource(Path(name), dict(data))
+    return validate_config(source, manager or create_plugin_manager(source.data.get("plugins", [])))
 
 
 def load_config(
@@ -249,7 +287,7 @@ def load_config(
 def dump_config(cfg: FtkConfig) -> dict[str, Any]:
     """The resolved config as plain data (defaults filled in, strategy options included).
 
-    Plugin sections the config does not use are left out, so the file also loads where those
+    Plugin keys the config leaves unset (None) are left out, so the file also loads where those
     plugins are not installed.
     """
     data = cfg.model_dump(mode="json")

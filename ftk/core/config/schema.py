@@ -6,7 +6,7 @@ through hooks and ``ftk.core.config.loader`` validates them the same way.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -80,25 +80,11 @@ class FtkConfig(StrictModel):
     )
 
     # --- adapter ---
-    adapter: Literal["lora", "qlora"] | None = Field(
+    adapter: str | None = Field(
         None,
-        description="Adapter to train (qlora: LoRA on a 4-bit base, with load_in_4bit); None: full fine-tuning.",
+        description="Adapter kind to train, by registered name (lora, qlora: LoRA on a 4-bit base); "
+        "None: full fine-tuning.",
     )
-    lora_r: int = Field(8, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] | None = Field(None, description="Module names to adapt.")
-    lora_target_linear: bool = Field(
-        False,
-        description="Adapt every linear layer except the output head (on MoE models: the experts too, not the router).",
-    )
-    lora_modules_to_save: list[str] | None = Field(
-        None,
-        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head); "
-        "added automatically when new tokens are added.",
-    )
-    peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA.")
-    peft_use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
     router_aux_loss_coef: float | None = Field(
         None,
         ge=0.0,
@@ -145,19 +131,11 @@ class FtkConfig(StrictModel):
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Schedule shape.")
+    lr_scheduler: str = Field("cosine", description="Learning-rate schedule, by registered name.")
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="Warmup as a share of steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps.")
-    min_lr_ratio: float = Field(
-        0.0, ge=0.0, le=1.0, description="Cosine and linear schedules end at this share of learning_rate."
-    )
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "sgd", "adafactor"] = Field(
-        "adamw_torch", description="Optimizer (adamw_bnb_8bit: bitsandbytes 8-bit AdamW, needs a GPU)."
-    )
-    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay.")
-    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
-    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
-    adam_epsilon: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    optimizer: str = Field("adamw_torch", description="Optimizer, by registered name.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (matrices only).")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 disables).")
 
     # --- precision and memory ---
@@ -165,19 +143,6 @@ class FtkConfig(StrictModel):
     fp16: bool = Field(False, description="Train in float16 mixed precision.")
     tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere or newer GPUs.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    chunked_cross_entropy: bool = Field(
-        True,
-        description="Run the output head and the loss over the trained positions in chunks, each "
-        "chunk's gradients computed at once, so the logits of a micro-batch never exist whole "
-        "(less memory and, on CPU, faster; off: all trained positions' logits at once).",
-    )
-    chunked_cross_entropy_num_chunks: int | None = Field(
-        None,
-        gt=0,
-        description="Chunks the trained positions of a micro-batch are split into (default: "
-        "chunks of 16 MiB of float32 logits on CPU, 256 MiB on a GPU, at least hidden-size "
-        "positions when the head trains).",
-    )
 
     # --- output, eval, logging ---
     output_dir: str = Field("./outputs/ftk-run", description="Where adapters, checkpoints, metrics go.")
@@ -196,17 +161,9 @@ class FtkConfig(StrictModel):
     auto_resume: bool = Field(
         False, description="Resume from the latest complete checkpoint in output_dir, if there is one."
     )
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=list, description="Experiment trackers that also receive the metrics."
-    )
-    use_tensorboard: bool = Field(False, description="Same as listing tensorboard in report_to.")
-    wandb_project: str | None = Field(
-        None, description="Weights & Biases project; setting it turns wandb on."
-    )
-    wandb_entity: str | None = Field(None, description="Weights & Biases entity (user or team).")
-    wandb_name: str | None = Field(None, description="Weights & Biases run name.")
-    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="Weights & Biases mode; offline needs no network."
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that also receive the metrics, by registered name.",
     )
 
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to load.")
@@ -235,13 +192,6 @@ class FtkConfig(StrictModel):
             problems.append(
                 (("save_steps",), "must be a multiple of eval_steps when load_best_model_at_end is on")
             )
-        if self.lora_modules_to_save and self.adapter is None:
-            problems.append(
-                (("lora_modules_to_save",), "needs an adapter (full fine-tuning trains everything)")
-            )
-        if (self.peft_use_dora or self.peft_use_rslora) and self.adapter is None:
-            key = "peft_use_dora" if self.peft_use_dora else "peft_use_rslora"
-            problems.append(((key,), "needs adapter: lora (or qlora)"))
         if self.test_datasets and self.val_set_size:
             problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
         return problems
@@ -251,16 +201,15 @@ class FtkConfig(StrictModel):
         """Whether eval batches are packed."""
         return self.sample_packing if self.eval_sample_packing is None else self.eval_sample_packing
 
-    @property
-    def trackers(self) -> list[str]:
-        """The experiment trackers to report to, from report_to and the axolotl-style switches."""
-        names = list(self.report_to)
-        if self.use_tensorboard and "tensorboard" not in names:
-            names.append("tensorboard")
-        if self.wandb_project and "wandb" not in names:
-            names.append("wandb")
-        return names
+    #: Flat plugin sections (their fields are top-level keys), by name; filled by the loader.
+    flat_sections: ClassVar[dict[str, type[BaseModel]]] = {}
 
     def section(self, name: str) -> Any:
-        """Return a plugin's config section by name (None when absent from the config)."""
+        """A plugin's config section by name: its model, or None when the config leaves it out.
+
+        A flat section is built from its top-level keys (always present, with their defaults).
+        """
+        flat = type(self).flat_sections.get(name)
+        if flat is not None:
+            return flat.model_construct(**{key: getattr(self, key) for key in flat.model_fields})
         return getattr(self, name, None)

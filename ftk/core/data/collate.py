@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from ftk.core.lm import IGNORE_INDEX
 
 
 @dataclass

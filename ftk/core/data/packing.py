@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from ftk.core.lm import IGNORE_INDEX
+
 EXACT_FILL_MAX_ROWS = 20_000
 #: Batch key with the number of real (non-padding) tokens; the trainer removes it before the model.
 REAL_TOKENS_KEY = "num_real_tokens"

@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 from ftk.core.config.loader import resolve_strategy
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.errors import FtkError
+from ftk.core.lm import IGNORE_INDEX
 from ftk.core.registry import Registry
 
-IGNORE_INDEX = -100
 FEATURES = ("input_ids", "labels", "attention_mask")
 MAX_EXAMPLE_PROBLEMS = 5
 AUTO_PARALLEL_ROWS = 20_000

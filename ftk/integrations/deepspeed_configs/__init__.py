@@ -94,7 +94,7 @@ def load(value: str) -> dict[str, Any]:
         return preset(value)
     if looks_like_path(value):
         return read_config_file(Path(value))
-    from ftk.core.config.loader import suggest
+    from ftk.core.errors import suggest
 
     raise DeepSpeedConfigError(
         f"unknown preset{suggest(value, list(PRESETS))}; use one of {', '.join(PRESETS)} "

@@ -12,19 +12,19 @@ from transformers import TrainerCallback
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.hookspecs import hookimpl
-from ftk.core.registry import SectionRegistrar, StrategyRegistrar
+from ftk.core.registry import Register
 from ftk_example_plugin import qa_pairs
 from ftk_example_plugin.step_log import SECTION, ExampleSection, StepLogCallback
 
 
 @hookimpl
-def register_prompt_strategies(register: StrategyRegistrar) -> None:
+def register_prompt_strategies(register: Register) -> None:
     """Offer ``type: qa_pairs`` to datasets; its options model validates the dataset's own keys."""
     register("qa_pairs", qa_pairs.build, qa_pairs.QaPairsOptions)
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Allow an ``example:`` section in configs, validated by ``ExampleSection``."""
     register(SECTION, ExampleSection)
 

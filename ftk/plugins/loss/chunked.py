@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from ftk.core.lm import IGNORE_INDEX
+
 # Float32 logits per chunk.  On CPU, 16 MiB blocks (half a typical 32 MiB last-level cache) were
 # the fastest measured; on a GPU the caching allocator reuses memory anyway and bigger matrix
 # products run closer to peak.

@@ -1,4 +1,4 @@
-"""Show tokenized rows to a person: each token coloured by whether it is trained, plus warnings."""
+"""``ftk preprocess --debug``: tokenized rows for a person, each token coloured by whether it is trained."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from ftk.core.lm import IGNORE_INDEX
+
 TRAINED_STYLE = "bold green"
 MASKED_STYLE = "dim"
 
@@ -48,7 +49,7 @@ def render_row(
     text.append(f"row {index}: {len(ids)} tokens, {trained} trained\n", style="bold")
     for token_id, label in zip(ids, labels, strict=True):
         style = TRAINED_STYLE if label != IGNORE_INDEX else MASKED_STYLE
-        piece = tokenizer.decode([token_id])
+        piece = str(tokenizer.decode([token_id]))
         if text_only:
             text.append(piece, style=style)
             continue

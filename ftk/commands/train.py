@@ -1,11 +1,24 @@
-"""One training run, top to bottom: tokenizer, data, model, adapter, trainer, save."""
+"""``ftk train``: the training recipe, top to bottom, and the command that runs it.
+
+``run_training`` composes the core: tokenizer, data, model and adapter, ``FtkTrainer`` (whose
+module documents one optimizer step), the final save and the reports.  It expects a config that
+went through ``ftk.core.lifecycle.prepare`` (validated, machine checked).
+
+With ``--nproc-per-node N`` ftk re-runs itself under ``torch.distributed.run`` (what ``torchrun``
+runs), one process per device; Trainer then trains with DistributedDataParallel (NCCL on GPUs,
+gloo on CPU).  ``torchrun -m ftk.cli train cfg.yaml`` starts the same processes from outside.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +28,20 @@ import yaml
 from rich.console import Console
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
+from ftk.commands.common import add_config_argument
 from ftk.core import checkpoints
 from ftk.core.config.loader import dump_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.errors import FtkError
-from ftk.core.launch import distributed_arguments, main_process_first, rank
+from ftk.core.files import atomic_write_text
+from ftk.core.hooks import Hooks
+from ftk.core.launch import distributed_arguments, main_process_first, one_process_group_env, rank, world_size
+from ftk.core.lifecycle import prepare
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
-from ftk.core.registry import merge_contributions
-from ftk.core.summary import print_summary, summary_rows, write_summary
+from ftk.core.registry import Registry
 from ftk.core.trainer import FtkTrainer
 from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
@@ -62,33 +78,23 @@ def _checkpointing_argument(enabled: bool) -> dict[str, bool]:
     }
 
 
-def tracker_settings(cfg: FtkConfig) -> dict[str, Any]:
-    """TrainingArguments for the experiment trackers; sets the WANDB_* variables wandb reads."""
-    trackers = cfg.trackers
-    if "wandb" in trackers:
-        for variable, value in (
-            ("WANDB_PROJECT", cfg.wandb_project),
-            ("WANDB_ENTITY", cfg.wandb_entity),
-            ("WANDB_MODE", cfg.wandb_mode),
-        ):
-            if value:
-                os.environ[variable] = value
-        os.environ.setdefault("WANDB_DIR", cfg.output_dir)
-    settings: dict[str, Any] = {"report_to": trackers or "none"}
-    if cfg.wandb_name:
-        settings["run_name"] = cfg.wandb_name
-    return settings
+def tracker_callbacks(cfg: FtkConfig, registry: Registry) -> list[Any]:
+    """The callbacks of the trackers ``report_to`` names, and of those a plugin key turns on."""
+    names = list(cfg.report_to)
+    names += [
+        name
+        for name, tracker in registry.trackers.items()
+        if tracker.enabled_by is not None and tracker.enabled_by(cfg)
+    ]
+    return [registry.lookup("trackers", name).callback(cfg) for name in dict.fromkeys(names)]
 
 
-def plugin_training_arguments(cfg: FtkConfig, hooks: Any) -> dict[str, Any]:
-    """The TrainingArguments fields plugins contribute; two plugins setting one field is an error."""
-    if hooks is None:
-        return {}
-    return merge_contributions(hooks.training_arguments(cfg=cfg), "training argument")
+def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Hooks | None = None) -> TrainingArguments:
+    """transformers' TrainingArguments for ``cfg`` and the fields plugins contribute.
 
-
-def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Any = None) -> TrainingArguments:
-    """transformers' TrainingArguments for ``cfg`` (loss, optimizer, schedule come from hooks)."""
+    DeepSpeed and FSDP need a process group even for one process: when a plugin asks for either
+    and no launcher started this one, the core sets the variables a launcher would.
+    """
     best_model = {"metric_for_best_model": "eval_loss", "greater_is_better": False} if has_eval else {}
     arguments = dict(
         output_dir=cfg.output_dir,
@@ -115,7 +121,7 @@ def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Any = None) -> Tra
         **best_model,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        **tracker_settings(cfg),
+        report_to="none",  # trackers are callbacks of the registered trackers
         **distributed_arguments(),
         remove_unused_columns=False,
         label_names=["labels"],
@@ -124,15 +130,18 @@ def training_arguments(cfg: FtkConfig, has_eval: bool, hooks: Any = None) -> Tra
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    arguments.update(plugin_training_arguments(cfg, hooks))
+    if hooks is not None:
+        arguments.update(hooks.training_arguments(cfg))
+    if arguments.get("deepspeed") or arguments.get("fsdp"):
+        os.environ.update(one_process_group_env(os.environ))
     return TrainingArguments(**arguments)
 
 
 def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
     """Save the validated config, defaults filled in, next to the trained weights."""
-    path = output_dir / RESOLVED_CONFIG_NAME
-    path.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False), encoding="utf-8")
-    return path
+    return atomic_write_text(
+        output_dir / RESOLVED_CONFIG_NAME, yaml.safe_dump(dump_config(cfg), sort_keys=False)
+    )
 
 
 def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | None = None) -> TrainResult:
@@ -140,11 +149,10 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     console = console or Console(stderr=True)
     if rank() != 0:  # one process speaks for the run
         console = Console(quiet=True)
-    hooks = manager.hook
-    hooks.check_environment(cfg=cfg)  # a run this machine cannot do fails before the data work
+    hooks = manager.hooks
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg, hooks)
+    tokenizer, new_token_ids = load_tokenizer(cfg, hooks)
     # Data first: a bad row fails the run before anything is written to output_dir.
     with main_process_first():  # rank 0 writes the data cache, the other ranks then read it
         data = prepare_data(cfg, tokenizer, registry)
@@ -157,11 +165,11 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         highlight=False,
         soft_wrap=True,
     )
-    model = load_model(cfg, hooks, tokenizer)
+    model = load_model(cfg, hooks, registry, tokenizer, new_token_ids)
     output_dir = Path(cfg.output_dir)
     resume_from = checkpoint_to_resume(cfg, console)
 
-    callbacks = [callback for group in hooks.trainer_callbacks(cfg=cfg) for callback in group or []]
+    callbacks = [*hooks.trainer_callbacks(cfg), *tracker_callbacks(cfg, registry)]
     trainer = FtkTrainer(
         model=model,
         args=training_arguments(cfg, has_eval=data.eval is not None, hooks=hooks),
@@ -172,9 +180,10 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         callbacks=callbacks,
         cfg=cfg,
         hooks=hooks,
+        registry=registry,
     )
     trainer.remove_callback(PrinterCallback)
-    hooks.pre_train(cfg=cfg, trainer=trainer, model=trainer.model, data=data)
+    hooks.pre_train(cfg, trainer, trainer.model, data)
     on_cpu = trainer.args.device.type == "cpu"
     try:
         with trainer.guard.signal_handlers():
@@ -187,12 +196,12 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     if guard.divergence is not None:
         last_good = checkpoints.latest_checkpoint(output_dir)
         status = f"diverged at step {guard.divergence.step}"
-        finish_reports(cfg, hooks, trainer, status, console)
+        finish_reports(cfg, hooks, trainer, status)
         raise TrainingFailed(divergence_message(guard.divergence.describe(), last_good))
     if guard.stopped_at is not None:
         checkpoint = output_dir / checkpoints.checkpoint_name(guard.stopped_at)
         status = f"stopped by {guard.stop_signal} at step {guard.stopped_at}"
-        finish_reports(cfg, hooks, trainer, status, console)
+        finish_reports(cfg, hooks, trainer, status)
         console.print(
             f"{status}: checkpoint saved to {checkpoint}; continue with --auto_resume true "
             f"(or resume_from_checkpoint: {checkpoint}). The final model was not saved.",
@@ -221,11 +230,10 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     trainer.save_model(str(output_dir))
     if trainer.args.should_save:
         write_resolved_config(cfg, output_dir)
-        (output_dir / "data_stats.json").write_text(
-            json.dumps([vars(source) for source in data.sources], indent=2), encoding="utf-8"
-        )
-    hooks.post_train(cfg=cfg, trainer=trainer, model=trainer.model, tokenizer=tokenizer)
-    finish_reports(cfg, hooks, trainer, "finished", console)
+        stats = json.dumps([vars(source) for source in data.sources], indent=2)
+        atomic_write_text(output_dir / "data_stats.json", stats)
+    hooks.post_train(cfg, trainer, trainer.model, tokenizer)
+    finish_reports(cfg, hooks, trainer, "finished")
     return TrainResult(output_dir, output.global_step, output.training_loss, eval_loss, data, trainer.model)
 
 
@@ -286,13 +294,81 @@ def out_of_memory_message(cfg: FtkConfig, step: int, exc: BaseException) -> str:
     return f"out of memory at step {step} ({first_line}). Lower " + ", ".join(hints) + "."
 
 
-def finish_reports(cfg: FtkConfig, hooks: Any, trainer: FtkTrainer, status: str, console: Console) -> None:
-    """Summary table (printed and in summary.md) and the plugins' end-of-run reports."""
-    if not trainer.args.should_save:
-        return
-    hooks.run_finished(cfg=cfg, trainer=trainer, status=status)
-    extra = [row for group in hooks.summary_rows(cfg=cfg, trainer=trainer) for row in group or []]
-    rows = summary_rows(cfg, trainer, status, extra_rows=extra)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    write_summary(Path(cfg.output_dir) / "summary.md", rows)
-    print_summary(console, rows)
+def finish_reports(cfg: FtkConfig, hooks: Hooks, trainer: FtkTrainer, status: str) -> None:
+    """The plugins' end-of-run reports (the summary table, the loss plot), main process only."""
+    if trainer.args.should_save:
+        hooks.run_finished(cfg, trainer, status, hooks.summary_rows(cfg, trainer))
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk train CONFIG [--nproc-per-node N]``."""
+    parser.description = (
+        "Fine-tune as the config says: writes the adapter (or full model), metrics.jsonl, "
+        "summary.md and loss.png to output_dir. Ctrl-C or SIGTERM saves a checkpoint and exits; "
+        "--auto_resume true continues from the latest checkpoint."
+    )
+    add_config_argument(parser)
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (one per GPU; gloo DDP on CPU)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; a stop by signal ends with 0 (the summary says where the checkpoint is)."""
+    if args.nproc_per_node > 1:
+        # Each launched process prepares (and checks its machine) itself; this one validates first.
+        prepare(
+            args.config,
+            args.overrides,
+            purpose="validate",
+            manager=args.manager,
+            machine_problems_are_errors=False,
+        )
+        return launch(args.nproc_per_node, without_nproc(args.argv))
+    prepared = prepare(args.config, args.overrides, purpose="train", manager=args.manager)
+    run_training(prepared.cfg, prepared.manager)  # progress and the summary go to stderr
+    return 0
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line minus ``--nproc-per-node N`` (the launched processes train as one each)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            kept.append(arg)
+    return kept
+
+
+def launcher_command(nproc_per_node: int, ftk_args: Sequence[str]) -> list[str]:
+    """The command that runs ``ftk <ftk_args>`` in ``nproc_per_node`` processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "ftk.cli",
+        *ftk_args,
+    ]
+
+
+def launch(nproc_per_node: int, ftk_args: Sequence[str]) -> int:
+    """Run ftk in ``nproc_per_node`` processes and return the launcher's exit code."""
+    if nproc_per_node < 1:
+        raise FtkError(f"--nproc-per-node: must be at least 1, not {nproc_per_node}")
+    if world_size() > 1:
+        raise FtkError("--nproc-per-node: this process was already started by a distributed launcher")
+    return subprocess.call(launcher_command(nproc_per_node, ftk_args))

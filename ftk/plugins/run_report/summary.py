@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ftk.core.config.schema import FtkConfig
+from ftk.core.files import atomic_write_text
+from ftk.core.lm import perplexity
 
 #: How many logged training losses are averaged at each end of the "train loss" row.
 LOSS_WINDOW = 5
@@ -51,14 +52,6 @@ def format_bytes(count: float) -> str:
     if count >= 2**30:
         return f"{count / 2**30:.2f} GiB"
     return f"{count / 2**20:.1f} MiB"
-
-
-def perplexity(loss: float) -> float:
-    """``exp(loss)``, infinite where that overflows a float."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
 
 
 # --- reading the log history ------------------------------------------------------------------
@@ -208,17 +201,7 @@ def summary_markdown(rows: Iterable[Row]) -> str:
 
 def write_summary(path: str | os.PathLike[str], rows: Iterable[Row]) -> Path:
     """Write ``summary_markdown(rows)`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(summary_markdown(rows))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, summary_markdown(rows))
 
 
 def print_summary(console: Console, rows: Iterable[Row]) -> None:

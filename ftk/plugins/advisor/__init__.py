@@ -1,11 +1,8 @@
 """Built-in plugin: the training-health advisor.
 
-Before training it compares the settings with recommended ranges for the adapter, the model and
-the data; during training it watches the logged loss, gradient norm and eval loss; at the end it
-adds a one-line diagnosis per problem (or "healthy") to the summary table.  Every threshold and
-every rule is in ``ftk.plugins.advisor_rules`` (the table ``RULES``).  ``advisor: {enabled:
-false}`` turns it off and ``advisor: {ignore: [rule, ...]}`` silences single rules.  Non-finite losses are not its business:
-the run guard stops the run on those.
+It checks the settings before training, watches the logs during it and adds a diagnosis to the
+summary; the rules and thresholds are in ``rules.py``.  ``advisor: {enabled: false}`` turns it
+off, ``advisor: {ignore: [rule, ...]}`` silences single rules (``docs/training.md``).
 """
 
 from __future__ import annotations
@@ -20,13 +17,14 @@ from transformers import TrainerCallback
 
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.hookspecs import hookimpl
-from ftk.plugins.advisor_rules import RULE_NAMES, RULES, Finding, RunFacts, TrainingWatch, evaluate
+
+from .rules import RULE_NAMES, RULES, Finding, RunFacts, TrainingWatch, evaluate
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
     from ftk.core.data.pipeline import PreparedData
-    from ftk.core.registry import SectionRegistrar
+    from ftk.core.registry import Register
 
 SECTION = "advisor"
 
@@ -38,7 +36,7 @@ class AdvisorConfig(StrictModel):
 
     enabled: bool = Field(True, description="Check settings before training and watch training health.")
     ignore: list[str] = Field(
-        default_factory=list, description="Rule names to silence (see ftk/plugins/advisor_rules.py)."
+        default_factory=list, description="Rule names to silence (see ftk/plugins/advisor/rules.py)."
     )
 
     @field_validator("ignore")
@@ -212,7 +210,7 @@ def gather_facts(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedDat
 
 
 @hookimpl
-def register_config_sections(register: SectionRegistrar) -> None:
+def register_config_sections(register: Register) -> None:
     """Add the ``advisor:`` section."""
     register(SECTION, AdvisorConfig)
 

@@ -1,4 +1,4 @@
-"""Shell completion for ``ftk``, built from the argument parser (so plugin commands are included)."""
+"""``ftk completion bash|zsh``: a completion script built from the argument parser (plugin commands included)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,18 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     if shell == "zsh":
         script = "autoload -U +X bashcompinit && bashcompinit\n" + script
     return script
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk completion SHELL``."""
+    parser.description = (
+        "Print a completion script for bash (zsh: run `autoload bashcompinit && bashcompinit` first). "
+        'Enable it with: eval "$(ftk completion bash)"'
+    )
+    parser.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the script for the whole ``ftk`` parser."""
+    print(completion_script(args.parser, args.shell), end="")
+    return 0

@@ -1,8 +1,9 @@
 """The advisor's rules: every threshold, what each rule looks at, and the table ``RULES``.
 
-Used by the advisor plugin (``ftk.plugins.advisor``), which gathers the facts, runs the rules at
-the three phases (before training, during training, at the end) and reports what fired.  A rule
-is a name (what ``advisor: {ignore: [...]}`` takes), a phase, a condition and two texts.
+The advisor plugin (``ftk.plugins.advisor``) gathers the facts, runs the rules before training
+(``phase="before"``, on :class:`RunFacts`) and at every log entry (``phase="during"``, on
+:class:`TrainingWatch`), and lists what fired in the end-of-run summary.  A rule is a name (what
+``advisor: {ignore: [...]}`` takes), a phase, a condition and two texts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftk.plugins.optimizers import warmup_steps
+from ftk.core.trainer import warmup_steps
 
 if TYPE_CHECKING:
     from ftk.core.config.schema import FtkConfig
@@ -89,14 +90,15 @@ class RunFacts:
         """Facts from ``cfg`` plus what only the run knows: ``num_params``, ``moe``, ``num_steps``,
         ``train_rows``, ``epochs`` (and optionally ``world_size``, ``longest_example``, ...)."""
         world_size = sizes.pop("world_size", 1)
+        lora = cfg.section("lora")  # the lora plugin's keys; the LoRA rules need adapter: lora or qlora
         return cls(
             adapter=cfg.adapter,
             learning_rate=cfg.learning_rate,
             warmup_steps=warmup_steps(cfg, sizes["num_steps"]),
             max_grad_norm=cfg.max_grad_norm,
-            lora_r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            rslora=cfg.peft_use_rslora,
+            lora_r=lora.lora_r if lora else 0,
+            lora_alpha=lora.lora_alpha if lora else 0,
+            rslora=bool(lora and lora.peft_use_rslora),
             micro_batch_size=cfg.micro_batch_size,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             world_size=world_size,

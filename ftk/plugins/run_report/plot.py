@@ -1,4 +1,4 @@
-"""``loss.png`` in the output directory: training loss per logged step, eval loss on the same axis.
+"""``loss.png``: training loss per logged step, eval loss on the same axis.
 
 The data come from ``trainer.state.log_history``; ``loss_series`` extracts them (a pure function)
 and ``write_loss_plot`` draws them with matplotlib's Agg canvas, which needs no display and sets
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ftk.core.config.schema import FtkConfig
-from ftk.core.hookspecs import hookimpl
+from ftk.core.files import atomic_write
 
 LOSS_PLOT_NAME = "loss.png"
 #: From this many training points on, a moving average is drawn over the raw line.
@@ -141,17 +140,7 @@ def write_loss_plot(
     axes.grid(True, alpha=0.3)
     axes.legend()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            figure.savefig(out, format="png", dpi=FIGURE_DPI)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda out: figure.savefig(out, format="png", dpi=FIGURE_DPI))
 
 
 def write_run_plot(cfg: FtkConfig, trainer: Any) -> Path | None:
@@ -159,18 +148,3 @@ def write_run_plot(cfg: FtkConfig, trainer: Any) -> Path | None:
     if not trainer.state.is_world_process_zero:
         return None
     return write_loss_plot(trainer.state.log_history, Path(cfg.output_dir) / LOSS_PLOT_NAME, plot_title(cfg))
-
-
-@hookimpl
-def run_finished(cfg: FtkConfig, trainer: Any) -> None:
-    """Plot the run's loss to ``<output_dir>/loss.png``, whether it finished or stopped early."""
-    write_run_plot(cfg, trainer)
-
-
-@hookimpl
-def summary_rows(cfg: FtkConfig, trainer: Any) -> list[tuple[str, str]]:
-    """A ``loss plot`` row naming the file, when this run logged a loss and the plot is there."""
-    path = Path(cfg.output_dir) / LOSS_PLOT_NAME
-    if loss_series(trainer.state.log_history).empty or not path.is_file():
-        return []
-    return [("loss plot", str(path))]

@@ -1,6 +1,6 @@
 """Generate the config and hook references in ``docs/`` from the code itself.
 
-    python -m ftk.core.reference docs
+    python -m ftk.reference docs
 
 writes ``docs/config-reference.md`` (every key of the schema, of each registered prompt
 strategy's dataset options and of each plugin section: type, default, description) and
@@ -65,7 +65,7 @@ def config_reference(manager: FtkPluginManager) -> str:
     out = [
         "# Config reference",
         "",
-        "Generated from the pydantic schema by `python -m ftk.core.reference docs`; do not edit by hand.",
+        "Generated from the pydantic schema by `python -m ftk.reference docs`; do not edit by hand.",
         "Unknown keys are errors everywhere. Keys follow axolotl's names.",
         "",
         "## Top-level keys",
@@ -75,6 +75,27 @@ def config_reference(manager: FtkPluginManager) -> str:
         "### `special_tokens:`",
         "",
         *_table(SpecialTokens),
+        "",
+        "### Registered names",
+        "",
+        "The names these keys accept are registrations of the loaded plugins (a plugin can add more).",
+        "",
+        "| key | names (plugin) |",
+        "| --- | --- |",
+        *[
+            f"| `{key}` | "
+            + ", ".join(
+                f"`{name}` ({entry.plugin})" for name, entry in sorted(getattr(registry, table).items())
+            )
+            + " |"
+            for key, table in (
+                ("adapter", "adapters"),
+                ("optimizer", "optimizers"),
+                ("lr_scheduler", "schedulers"),
+                ("report_to", "trackers"),
+                ("datasets[].type", "strategies"),
+            )
+        ],
         "",
         "## Dataset entries (`datasets:` and `test_datasets:`)",
         "",
@@ -89,10 +110,12 @@ def config_reference(manager: FtkPluginManager) -> str:
         else:
             out += _table(strategy.options_model)
     if registry.sections:
-        out += ["", "## Plugin sections"]
-        for name, model in sorted(registry.sections.items()):
-            owner = registry.section_owners[name]
-            if issubclass(model, RootModel):  # a top-level value, not a mapping of keys
+        out += ["", "## Plugin keys"]
+        for name, section in sorted(registry.sections.items()):
+            owner, model = section.plugin, section.model
+            if section.flat:  # top-level keys
+                out += ["", f"### Top-level keys of plugin `{owner}`", "", *_table(model)]
+            elif issubclass(model, RootModel):  # a top-level value, not a mapping of keys
                 kind = _type_name(model.model_fields["root"].annotation).replace("|", "\\|")
                 about = inspect.getdoc(model) or ""
                 out += [
@@ -111,7 +134,7 @@ def hook_reference() -> str:
     out = [
         "# Hook reference",
         "",
-        "Generated from `ftk/core/hookspecs.py` by `python -m ftk.core.reference docs`; do not edit by hand.",
+        "Generated from `ftk/core/hookspecs.py` by `python -m ftk.reference docs`; do not edit by hand.",
         "Implement a hook with `@ftk.core.hookspecs.hookimpl` on a function of the same name; take only",
         "the arguments you need. [Writing a plugin](plugins.md) explains the three kinds.",
         "",

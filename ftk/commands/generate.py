@@ -17,6 +17,7 @@ tokens the chat datasets trained on.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,11 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer, set_seed
 
+from ftk.commands.common import add_config_argument, positive_int
+from ftk.commands.inference import load_inference_model, model_kind, place
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.core.eval_command import load_inference_model, model_kind, place
+from ftk.core.lifecycle import prepare
 from ftk.core.model import load_inference_tokenizer
 from ftk.core.plugins import FtkPluginManager
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
@@ -106,7 +109,7 @@ def chat_settings(cfg: FtkConfig) -> ChatTemplateOptions:
     for dataset in [*cfg.datasets, *cfg.test_datasets]:
         if dataset.type == "chat_template" and isinstance(dataset.options, ChatTemplateOptions):
             return dataset.options
-    return ChatTemplateOptions()
+    return ChatTemplateOptions.model_validate({})
 
 
 def chat_formatter(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> ChatTemplateTokenizer:
@@ -203,7 +206,7 @@ def generate(
     new = output[0, len(ids) :].tolist()
     stop = next((index for index, token in enumerate(new) if token in stop_ids), len(new))
     new = new[:stop]
-    return Generation(ids, new, tokenizer.decode(new, skip_special_tokens=True))
+    return Generation(ids, new, str(tokenizer.decode(new, skip_special_tokens=True)))
 
 
 def run_generate(
@@ -225,7 +228,7 @@ def run_generate(
     out = out if out is not None else sys.stdout
     if stream is None:
         stream = out.isatty()
-    hooks = manager.hook
+    hooks = manager.hooks
     directory = trained_model_dir(cfg, adapter, model_dir, base)
     label = _label(adapter, model_dir)
     if directory is not None:
@@ -242,3 +245,54 @@ def run_generate(
         out.write(result.text + "\n")
         out.flush()
     return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk generate CONFIG [PROMPT] [--adapter DIR | --model DIR | --base] [decoding options]``."""
+    parser.description = (
+        "Print a model's reply to PROMPT (or to stdin). Greedy unless --temperature is above 0."
+    )
+    add_config_argument(parser)
+    parser.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt; absent or '-': read stdin")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--adapter", metavar="DIR", help="this peft adapter on base_model (default: output_dir)"
+    )
+    source.add_argument("--model", metavar="DIR", help="this full or merged model directory")
+    source.add_argument("--base", action="store_true", help="the base model, untrained")
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, metavar="N", help="most tokens to generate (default 256)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0 (default): greedy; above 0: sample"
+    )
+    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling share, when sampling")
+    parser.add_argument("--system", metavar="TEXT", help="system message before the prompt")
+    parser.add_argument("--raw", action="store_true", help="no chat template: a plain completion of PROMPT")
+    parser.add_argument(
+        "--seed", type=int, metavar="S", help="seed for sampling (default: the config's seed)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate as ``args`` say; the reply goes to stdout."""
+    prepared = prepare(args.config, args.overrides, purpose="inference", manager=args.manager)
+    options = GenerateOptions(
+        max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        system=args.system,
+        raw=args.raw,
+        seed=args.seed,
+    )
+    prompt = read_prompt(args.prompt, sys.stdin)
+    run_generate(
+        prepared.cfg,
+        prepared.manager,
+        prompt,
+        options,
+        adapter=args.adapter,
+        model_dir=args.model,
+        base=args.base,
+    )
+    return 0

@@ -1,85 +1,28 @@
 """``ftk eval``: the token-mean loss and perplexity of a model on a config's eval set.
 
-The model is the base model as the loading hooks give it (the adapter hook is not applied: the
-base is evaluated as loaded), or, with ``--adapter DIR``, what DIR holds: a peft adapter
-(``adapter_config.json``) put on that base model, or a full model (``config.json``: a full
-fine-tune's output, a merged model) loaded by the same hooks in place of ``base_model``.  When DIR
-holds a tokenizer it is used instead of the config's, so tokens added in training match.
-
-The loaders here are shared with ``ftk generate``.
+The model is the base model as the loading hooks give it, or, with ``--adapter DIR``, what DIR
+holds: a peft adapter put on that base model, or a full model (a full fine-tune's output, a merged
+model).  When DIR holds a tokenizer it is used instead of the config's, so tokens added in
+training match.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
-from typing import Any, Literal
 
-import torch
 from rich.console import Console
-from transformers import PreTrainedTokenizerBase
 
+from ftk.commands.common import add_config_argument, positive_int
+from ftk.commands.inference import load_inference_model, model_kind, place
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.pipeline import prepare_data
 from ftk.core.errors import FtkError
 from ftk.core.evaluate import EvalResult, eval_dataloader, evaluate_loss, hook_summed_loss
-from ftk.core.model import load_base_model, load_inference_tokenizer
+from ftk.core.lifecycle import prepare
+from ftk.core.model import load_inference_tokenizer
 from ftk.core.plugins import FtkPluginManager
-
-ADAPTER_CONFIG = "adapter_config.json"
-MODEL_CONFIG = "config.json"
-
-
-def model_kind(directory: Path, label: str) -> Literal["adapter", "full"]:
-    """Whether ``directory`` holds a peft adapter or a full model; ``label`` names it in errors."""
-    if not directory.is_dir():
-        raise FtkError(f"{label}: {directory} is not a directory")
-    if (directory / ADAPTER_CONFIG).is_file():
-        return "adapter"
-    if (directory / MODEL_CONFIG).is_file():
-        return "full"
-    raise FtkError(
-        f"{label}: {directory} holds neither {ADAPTER_CONFIG} (a peft adapter) nor {MODEL_CONFIG} (a full model)"
-    )
-
-
-def load_inference_model(
-    cfg: FtkConfig, hooks: Any, tokenizer: PreTrainedTokenizerBase, directory: Path | None, label: str
-) -> Any:
-    """The model to evaluate or sample from, in eval mode; never the config's adapter hook.
-
-    ``directory`` None: the base model as the loading hooks give it.  An adapter directory: that
-    base model with the peft adapter.  A full model directory: loaded by the same hooks with
-    ``base_model`` set to it.
-    """
-    if directory is None:
-        model = load_base_model(cfg, hooks, tokenizer)
-    elif model_kind(directory, label) == "adapter":
-        from peft import PeftModel
-
-        base = load_base_model(cfg, hooks, tokenizer)
-        try:
-            model = PeftModel.from_pretrained(base, str(directory))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise FtkError(
-                f"{label}: cannot load the adapter in {directory} onto {cfg.base_model!r}: "
-                f"{type(exc).__name__}: {exc}".replace("\n", " ")
-            ) from exc
-    else:
-        model = load_base_model(cfg.model_copy(update={"base_model": str(directory)}), hooks, tokenizer)
-    return model.eval()
-
-
-def inference_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def place(model: Any) -> torch.device:
-    """Move ``model`` to :func:`inference_device` (unless a loader already dispatched it); return where inputs go."""
-    if getattr(model, "hf_device_map", None) is None:
-        model.to(inference_device())
-    return model.get_input_embeddings().weight.device
 
 
 def require_eval_set(cfg: FtkConfig) -> None:
@@ -107,7 +50,7 @@ def run_eval(
     require_eval_set(cfg)
     if batch_size is not None and batch_size <= 0:
         raise FtkError(f"--batch-size: must be a positive number (got {batch_size})")
-    hooks = manager.hook
+    hooks = manager.hooks
     directory = Path(adapter) if adapter is not None else None
     if directory is not None:
         model_kind(directory, "--adapter")  # a wrong path fails before the data is prepared
@@ -136,3 +79,31 @@ def result_json(result: EvalResult) -> str:
     """One JSON object: ``eval_loss``, ``perplexity`` (null when it overflows) and ``eval_tokens``."""
     finite = result.perplexity if result.perplexity != float("inf") else None
     return json.dumps({"eval_loss": result.loss, "perplexity": finite, "eval_tokens": result.tokens})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk eval CONFIG [--adapter DIR] [--json] [--batch-size N]``."""
+    add_config_argument(parser)
+    parser.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="evaluate this peft adapter on base_model, or this full model directory (default: the base model)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="examples per forward pass (default: eval_batch_size, else micro_batch_size)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate as ``args`` say and print the result (a line, or JSON)."""
+    prepared = prepare(args.config, args.overrides, purpose="inference", manager=args.manager)
+    result = run_eval(prepared.cfg, prepared.manager, adapter=args.adapter, batch_size=args.batch_size)
+    if args.json:
+        print(result_json(result))
+    else:
+        Console().print(result_line(result), highlight=False)
+    return 0

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from rich.console import Console
 from rich.table import Table
 
+from ftk.commands.common import add_config_argument
+from ftk.commands.preprocess_debug import legend, render_row
 from ftk.core.config.schema import FtkConfig
-from ftk.core.data.debug import legend, render_row
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.data.tokenize import SourceStats
+from ftk.core.lifecycle import prepare
 from ftk.core.model import load_tokenizer
 from ftk.core.plugins import FtkPluginManager
 
@@ -67,7 +70,7 @@ def run_preprocess(
     use_cache: bool = True,
 ) -> PreparedData:
     """Prepare the datasets of ``cfg`` into the cache; report as a table, as JSON, or row by row."""
-    tokenizer = load_tokenizer(cfg, manager.hook)
+    tokenizer, _ = load_tokenizer(cfg, manager.hooks)
     data = prepare_data(cfg, tokenizer, manager.collect_registrations(), use_cache=use_cache)
     if as_json:
         print(json.dumps(data.summary()))
@@ -78,3 +81,32 @@ def run_preprocess(
         for index in range(min(debug_rows, len(data.train))):
             console.print(render_row(data.train[index], tokenizer, index, text_only=text_only))
     return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk preprocess CONFIG [--debug ...] [--json] [--no-cache]``."""
+    add_config_argument(parser)
+    parser.add_argument("--debug", action="store_true", help="show rows token by token, trained in colour")
+    parser.add_argument(
+        "--debug-num-examples", type=int, default=3, metavar="N", help="rows shown by --debug (default 3)"
+    )
+    parser.add_argument(
+        "--debug-text-only", action="store_true", help="with --debug: decoded text, trained spans highlighted"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+    parser.add_argument("--no-cache", action="store_true", help="tokenize again even if cached")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the config's data as ``args`` say."""
+    prepared = prepare(args.config, args.overrides, purpose="preprocess", manager=args.manager)
+    run_preprocess(
+        prepared.cfg,
+        prepared.manager,
+        Console(),
+        debug_rows=args.debug_num_examples if args.debug else 0,
+        text_only=args.debug_text_only,
+        as_json=args.json,
+        use_cache=not args.no_cache,
+    )
+    return 0

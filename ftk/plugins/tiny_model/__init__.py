@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``ftk tiny-model OUT_DIR`` command, which builds the bundled tiny model."""
+"""Built-in plugin: the ``ftk tiny-model OUT_DIR`` command; the model itself is built by ``builder.py``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from ftk.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ftk.core.registry import CommandRegistrar
+    from ftk.core.registry import Register
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tiny-model``'s arguments to its subparser."""
-    from ftk import tiny_model as tm
+    from . import builder as tm
 
     parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the model to (new or empty)")
     parser.add_argument(
@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ftk import tiny_model as tm
+    from . import builder as tm
 
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def register_commands(register: CommandRegistrar) -> None:
+def register_commands(register: Register) -> None:
     """Contribute the ``tiny-model`` command."""
     register(
         name="tiny-model",

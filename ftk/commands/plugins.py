@@ -1,0 +1,31 @@
+"""``ftk plugins [CONFIG]``: the loaded plugins, where each came from and the hooks it implements."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ftk.core.config.loader import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ftk plugins [CONFIG]``."""
+    parser.add_argument("config", nargs="?", help="also load the plugins this config names")
+    parser.set_defaults(takes_overrides=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one table row per plugin."""
+    manager = args.manager
+    if args.config:
+        load_config(args.config, args.overrides, manager=manager)
+    table = Table(title="ftk plugins")
+    for column in ("name", "source", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("hooks")
+    for info in manager.infos.values():
+        table.add_row(info.name, info.source, info.version, ", ".join(info.hooks))
+    Console().print(table)
+    return 0

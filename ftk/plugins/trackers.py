@@ -1,0 +1,95 @@
+"""Built-in plugin: the experiment trackers ``tensorboard`` and ``wandb``, with axolotl's switches.
+
+``report_to: [tensorboard]`` (or ``use_tensorboard: true``) writes TensorBoard event files under
+``output_dir/runs/``; ``report_to: [wandb]`` (or setting ``wandb_project``) logs to Weights &
+Biases, its local files in ``output_dir/wandb/`` unless ``WANDB_DIR`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback, WandbCallback
+
+from ftk.core.config.schema import FtkConfig, StrictModel
+from ftk.core.errors import FtkError
+from ftk.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ftk.core.registry import Register
+
+SECTION = "trackers"
+#: tracker name -> (the package it needs, the pip extra that installs it).
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+CHECKED_FOR = ("validate", "train")
+
+
+class TrackerSettings(StrictModel):
+    """Top-level tracker keys (axolotl's names)."""
+
+    use_tensorboard: bool = Field(False, description="Same as listing tensorboard in report_to.")
+    wandb_project: str | None = Field(
+        None, description="Weights & Biases project; setting it turns wandb on."
+    )
+    wandb_entity: str | None = Field(None, description="Weights & Biases entity (user or team).")
+    wandb_name: str | None = Field(None, description="Weights & Biases run name.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Weights & Biases mode; offline needs no network."
+    )
+
+
+class FtkWandbCallback(WandbCallback):
+    """transformers' W&B callback, starting the run with the config's project, entity, mode and name."""
+
+    def __init__(self, cfg: FtkConfig) -> None:
+        super().__init__()
+        self.settings: TrackerSettings = cfg.section(SECTION)
+        self.output_dir = cfg.output_dir
+
+    def setup(self, args: Any, state: Any, model: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self._wandb.run is None:
+            settings = self.settings
+            self._wandb.init(
+                project=settings.wandb_project or os.environ.get("WANDB_PROJECT", "huggingface"),
+                entity=settings.wandb_entity,  # None: wandb reads WANDB_ENTITY
+                mode=settings.wandb_mode,  # None: wandb reads WANDB_MODE
+                name=settings.wandb_name or args.run_name,
+                dir=os.environ.get("WANDB_DIR", self.output_dir),
+            )
+        super().setup(args, state, model, **kwargs)
+
+
+def _tensorboard(cfg: FtkConfig) -> TrainerCallback:
+    return TensorBoardCallback()
+
+
+@hookimpl
+def register_config_sections(register: Register) -> None:
+    """Add ``use_tensorboard`` and the ``wandb_*`` keys."""
+    register(SECTION, TrackerSettings, flat=True)
+
+
+@hookimpl
+def register_trackers(register: Register) -> None:
+    """Offer ``report_to: [tensorboard]`` and ``report_to: [wandb]``."""
+    register("tensorboard", _tensorboard, enabled_by=lambda cfg: cfg.section(SECTION).use_tensorboard)
+    register("wandb", FtkWandbCallback, enabled_by=lambda cfg: cfg.section(SECTION).wandb_project is not None)
+
+
+@hookimpl
+def check_environment(cfg: FtkConfig, purpose: str) -> None:
+    """Before any data work: the package of each tracker the run reports to is installed."""
+    if purpose not in CHECKED_FOR:
+        return
+    settings = cfg.section(SECTION)
+    wanted = set(cfg.report_to)
+    wanted |= {"tensorboard"} if settings.use_tensorboard else set()
+    wanted |= {"wandb"} if settings.wandb_project is not None else set()
+    for name in sorted(wanted & set(PACKAGES)):
+        package, extra = PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            raise FtkError(f"report_to: {name} needs {package}: pip install 'ftk[{extra}]'")
