@@ -114,13 +114,14 @@ def write_config(
     model_dir: Path | str,
     data: Path | str | list[dict[str, Any]],
     name: str = "cfg.yaml",
+    extra: str = "",
     **keys: Any,
 ) -> Path:
     """``directory/<name>``: a short run on ``data`` (a chat file, or dataset entries); ``keys`` add or override.
 
     The defaults: full fine-tuning (no adapter), 3 steps of 2 rows at ``sequence_len`` 512, seed 3,
     output in ``directory/out`` and the data cache in ``directory/prepared``.  A key given as None
-    is left out.
+    is left out.  ``extra`` is YAML text appended as it is (for keys a test writes by hand).
     """
     datasets = data if isinstance(data, list) else [{"path": str(data), "type": "chat_template"}]
     settings: dict[str, Any] = {
@@ -136,5 +137,6 @@ def write_config(
     }
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
     path = directory / name
-    path.write_text(yaml.safe_dump({k: v for k, v in settings.items() if v is not None}, sort_keys=False))
+    text = yaml.safe_dump({k: v for k, v in settings.items() if v is not None}, sort_keys=False)
+    path.write_text(text + extra)
     return path
