@@ -89,24 +89,11 @@ def first_chat_rows(path: Path, rows: int) -> Path:
     return path
 
 
-def write_alpaca_config(directory: Path, model_dir: Path, **keys) -> Path:
+def write_alpaca_config(directory: Path, model_dir: Path, **keys: Any) -> Path:
     """``directory/cfg.yaml``: 3 constant-rate steps on 16 arithmetic rows; ``keys`` add or override."""
-    settings = {
-        "base_model": model_dir,
-        "datasets": f"[{{path: {ARITHMETIC}, type: alpaca, max_samples: 16}}]",
-        "sequence_len": 128,
-        "micro_batch_size": 4,
-        "max_steps": 3,
-        "learning_rate": "1.0e-2",
-        "lr_scheduler": "constant",
-        "seed": 3,
-        "output_dir": directory / "out",
-        "dataset_prepared_path": directory / "prepared",
-        **keys,
-    }
-    path = directory / "cfg.yaml"
-    path.write_text("".join(f"{key}: {value}\n" for key, value in settings.items()))
-    return path
+    alpaca = {"sequence_len": 128, "micro_batch_size": 4, "learning_rate": 1.0e-2, "lr_scheduler": "constant"}
+    data = [{"path": ARITHMETIC, "type": "alpaca", "max_samples": 16}]
+    return write_config(directory, model_dir, data, **{**alpaca, **keys})
 
 
 def write_config(
@@ -121,7 +108,8 @@ def write_config(
 
     The defaults: full fine-tuning (no adapter), 3 steps of 2 rows at ``sequence_len`` 512, seed 3,
     output in ``directory/out`` and the data cache in ``directory/prepared``.  A key given as None
-    is left out.  ``extra`` is YAML text appended as it is (for keys a test writes by hand).
+    is left out; paths, also inside lists and mappings, are written as text.  ``extra`` is YAML
+    text appended as it is (for keys a test writes by hand).
     """
     datasets = data if isinstance(data, list) else [{"path": str(data), "type": "chat_template"}]
     settings: dict[str, Any] = {
@@ -135,8 +123,24 @@ def write_config(
         "dataset_prepared_path": str(directory / "prepared"),
         **keys,
     }
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
     path = directory / name
-    text = yaml.safe_dump({k: v for k, v in settings.items() if v is not None}, sort_keys=False)
+    text = yaml.safe_dump(_plain({k: v for k, v in settings.items() if v is not None}), sort_keys=False)
     path.write_text(text + extra)
     return path
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every Path in it (in lists and mappings too) as text, for YAML."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def line_of(path: Path, key: str) -> int:
+    """The 1-based line of the config ``path`` where ``key`` is first set, at any depth."""
+    lines = path.read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.lstrip(" -").startswith(f"{key}:"))

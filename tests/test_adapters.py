@@ -11,20 +11,16 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.model import load_base_model, load_model, load_tokenizer
-from ftk.commands.train import run_training
 from ftk.plugins.lora import apply_lora
 from tests.helpers import builtin_manager, make_config, write_alpaca_config
 
 TINY_VOCAB = 151_646  # tokens of the tiny model's tokenizer
 TINY_ROWS = 151_680  # its embedding rows (padded to a multiple of 64)
-
-
-def make_cfg(model_dir: Path | str, **keys) -> FtkConfig:
-    return make_config(base_model=model_dir, **keys)
 
 
 def load_tiny(model_dir: Path):
@@ -41,7 +37,8 @@ def lora_layer_names(model) -> set[str]:
 
 def test_target_linear_adapts_every_linear_layer_but_the_output_head(tiny_model_dir):
     model = apply_lora(
-        make_cfg(tiny_model_dir, adapter="lora", lora_target_linear=True), load_tiny(tiny_model_dir)
+        make_config(base_model=tiny_model_dir, adapter="lora", lora_target_linear=True),
+        load_tiny(tiny_model_dir),
     )
 
     expected = {
@@ -57,7 +54,7 @@ def test_target_linear_adapts_every_linear_layer_but_the_output_head(tiny_model_
 
 
 def test_named_target_that_matches_nothing_names_the_key_and_what_exists(tiny_model_dir):
-    cfg = make_cfg(tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "qkv_proj"])
+    cfg = make_config(base_model=tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "qkv_proj"])
     with pytest.raises(FtkError) as raised:
         apply_lora(cfg, load_tiny(tiny_model_dir))
     message = str(raised.value)
@@ -67,7 +64,7 @@ def test_named_target_that_matches_nothing_names_the_key_and_what_exists(tiny_mo
 
 
 def test_named_targets_adapt_only_those_modules(tiny_model_dir):
-    cfg = make_cfg(tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "down_proj"])
+    cfg = make_config(base_model=tiny_model_dir, adapter="lora", lora_target_modules=["q_proj", "down_proj"])
     model = apply_lora(cfg, load_tiny(tiny_model_dir))
     assert lora_layer_names(model) == {
         f"model.layers.{layer}.{name}" for layer in (0, 1) for name in ("self_attn.q_proj", "mlp.down_proj")
@@ -76,7 +73,7 @@ def test_named_targets_adapt_only_those_modules(tiny_model_dir):
 
 def test_no_adapter_is_full_fine_tuning_of_the_whole_model(tiny_model_dir):
     manager = builtin_manager()
-    cfg = make_cfg(tiny_model_dir)
+    cfg = make_config(base_model=tiny_model_dir)
     tokenizer, new_ids = load_tokenizer(cfg, manager.hooks)
     trained = load_model(cfg, manager.hooks, manager.collect_registrations(), tokenizer, new_ids)
     assert type(trained).__name__ == "Qwen3ForCausalLM"  # the model as loaded, no wrapper
@@ -84,8 +81,8 @@ def test_no_adapter_is_full_fine_tuning_of_the_whole_model(tiny_model_dir):
 
 
 def test_dora_and_rslora_reach_peft(tiny_model_dir):
-    cfg = make_cfg(
-        tiny_model_dir,
+    cfg = make_config(
+        base_model=tiny_model_dir,
         adapter="lora",
         lora_r=4,
         lora_alpha=8,
@@ -102,8 +99,11 @@ def test_dora_and_rslora_reach_peft(tiny_model_dir):
 
 
 def test_modules_to_save_that_matches_nothing_is_a_config_error(tiny_model_dir):
-    cfg = make_cfg(
-        tiny_model_dir, adapter="lora", lora_target_linear=True, lora_modules_to_save=["embeddings"]
+    cfg = make_config(
+        base_model=tiny_model_dir,
+        adapter="lora",
+        lora_target_linear=True,
+        lora_modules_to_save=["embeddings"],
     )
     with pytest.raises(
         FtkError, match=r"^lora_modules_to_save: 'embeddings' matches no module .*embed_tokens"
@@ -115,7 +115,7 @@ def test_modules_to_save_that_matches_nothing_is_a_config_error(tiny_model_dir):
 def tokens_cfg(tiny_model_dir) -> FtkConfig:
     """36 new tokens: 34 fit in the padded rows of the tiny model, 2 need a resize (to 151,744 rows)."""
     new = ["<|new_a|>"] + [f"<|new_{i}|>" for i in range(35)]
-    return make_cfg(tiny_model_dir, adapter="lora", lora_target_linear=True, tokens=new, seed=3)
+    return make_config(base_model=tiny_model_dir, adapter="lora", lora_target_linear=True, tokens=new, seed=3)
 
 
 NEW_IDS = tuple(range(TINY_VOCAB, TINY_VOCAB + 36))
@@ -189,7 +189,7 @@ def test_new_tokens_of_an_untied_model_train_rows_of_both_embeddings():
     )
     model = Qwen3ForCausalLM(config)
     peft_model = apply_lora(
-        make_cfg("unused", adapter="lora", lora_target_modules=["q_proj"]), model, (120, 121)
+        make_config(base_model="unused", adapter="lora", lora_target_modules=["q_proj"]), model, (120, 121)
     )
     assert peft_model.peft_config["default"].trainable_token_indices == {
         "model.embed_tokens": [120, 121],
@@ -202,14 +202,10 @@ def test_new_tokens_of_an_untied_model_train_rows_of_both_embeddings():
     }
 
 
-def write_config(tmp_path: Path, model_dir: Path, **keys) -> Path:
-    return write_alpaca_config(tmp_path, model_dir, **keys)
-
-
 @pytest.mark.slow
 def test_lora_run_trains_new_token_rows_and_the_adapter_reloads_on_a_resized_base(tmp_path, tiny_model_dir):
     new = ["<|new_a|>"] + [f"<|new_{i}|>" for i in range(35)]
-    path = write_config(tmp_path, tiny_model_dir, adapter="lora", lora_target_linear="true", tokens=new)
+    path = write_alpaca_config(tmp_path, tiny_model_dir, adapter="lora", lora_target_linear=True, tokens=new)
     cfg, manager = load_config(path)
     result = run_training(cfg, manager)
     out = tmp_path / "out"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from io import StringIO
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from transformers import (
     TrainingArguments,
 )
 
+from ftk.commands.train import training_arguments
 from ftk.core.config.loader import load_config
 from ftk.core.data.pipeline import PreparedData
 from ftk.core.data.tokenize import SourceStats
 from ftk.core.errors import FtkError
 from ftk.core.plugins import create_plugin_manager
-from ftk.commands.train import training_arguments
 from ftk.plugins.advisor import (
     AdvisorCallback,
     count_parameters,
@@ -36,25 +35,20 @@ from ftk.plugins.advisor import (
     optimizer_steps,
 )
 from ftk.plugins.advisor.rules import RULE_NAMES, RULES, RunFacts, evaluate
-from tests.helpers import first_chat_rows
+from tests.helpers import first_chat_rows, line_of, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = """\
-base_model: some/model
-datasets:
-  - path: data.jsonl
-    type: chat_template
-"""
+# The rules judge the settings a test gives: the configs leave write_config's run settings out.
+BASE = dict.fromkeys(
+    ["sequence_len", "micro_batch_size", "max_steps", "seed", "output_dir", "dataset_prepared_path"]
+)
 
 TINY, SEVEN_B = 10_000_000, 7_000_000_000
 
 
 def config(tmp_path: Path, extra: str = ""):
-    path = tmp_path / "cfg.yaml"
-    path.write_text(BASE + textwrap.dedent(extra))
-    cfg, _ = load_config(path)
-    return cfg
+    return load_config(write_config(tmp_path, "some/model", "data.jsonl", extra=extra, **BASE))[0]
 
 
 def facts(cfg, **sizes) -> RunFacts:
@@ -394,20 +388,16 @@ def test_optimizer_steps_counts_like_trainer(batches, accumulation, epochs, max_
 
 
 def test_ignored_rules_stay_silent_and_unknown_names_are_config_errors(tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text(
-        BASE
-        + "adapter: lora\nlearning_rate: 1.0e-6\nmicro_batch_size: 4\nadvisor:\n  ignore: [lora_lr_low]\n"
-    )
-    cfg, manager = load_config(path)
+    extra = "adapter: lora\nlearning_rate: 1.0e-6\nmicro_batch_size: 4\nadvisor:\n  ignore: [lora_lr_low]\n"
+    cfg, manager = load_config(write_config(tmp_path, "some/model", "data.jsonl", extra=extra, **BASE))
     (callback,) = [cb for cb in manager.hooks.trainer_callbacks(cfg) if isinstance(cb, AdvisorCallback)]
     callback.console = Console(file=StringIO())
     assert callback.check_settings(facts(cfg)) == []
-    path.write_text(BASE + "advisor:\n  ignore: [lora_lr_lo]\n")
+    path = write_config(tmp_path, "some/model", "data.jsonl", advisor={"ignore": ["lora_lr_lo"]}, **BASE)
     with pytest.raises(FtkError) as info:
         load_config(path)
     assert str(info.value).startswith(
-        f"{path}:6: advisor.ignore: Value error, unknown rule 'lora_lr_lo'; rules: "
+        f"{path}:{line_of(path, 'ignore')}: advisor.ignore: Value error, unknown rule 'lora_lr_lo'; rules: "
     )
 
 
@@ -415,8 +405,7 @@ def test_blocking_the_plugin_removes_its_config_section(tmp_path, monkeypatch):
     monkeypatch.setenv("FTK_DISABLE_PLUGINS", "advisor")
     manager = create_plugin_manager()
     assert "advisor" not in manager.infos
-    path = tmp_path / "cfg.yaml"
-    path.write_text(BASE + "advisor:\n  enabled: false\n")
+    path = write_config(tmp_path, "some/model", "data.jsonl", advisor={"enabled": False}, **BASE)
     with pytest.raises(FtkError, match="advisor: unknown key"):
         load_config(path, manager=manager)
 

@@ -12,12 +12,7 @@ from transformers import (
 from ftk.plugins.loss.chunked import rows_per_chunk
 from tests.helpers import LOGIT_TRANSFORM_FAMILIES, make_config, reference_loss, token_mean_loss
 
-
-def loss_cfg(chunked: bool, num_chunks: int | None = None):
-    return make_config(chunked_cross_entropy=chunked, chunked_cross_entropy_num_chunks=num_chunks)
-
-
-PLAIN = loss_cfg(chunked=False)
+PLAIN = make_config(chunked_cross_entropy=False)
 
 
 def padded_batch(vocab: int = 5000) -> dict[str, torch.Tensor]:
@@ -83,7 +78,7 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(tiny_model_dir, make_b
     if ADAPTERS[adapter] is not None:
         model = get_peft_model(model, ADAPTERS[adapter])
     model.train()
-    assert_same_as_plain(model, make_batch(), loss_cfg(chunked=True, num_chunks=num_chunks))
+    assert_same_as_plain(model, make_batch(), make_config(chunked_cross_entropy_num_chunks=num_chunks))
     if adapter == "lora-on-head":  # the head's own LoRA weights got their gradient through the chunks
         head_grads = [n for n in gradients(model) if "lm_head" in n]
         assert len(head_grads) == 2
@@ -116,7 +111,7 @@ def test_chunked_loss_never_holds_more_than_one_chunk_of_logits(tiny_model_dir):
     handle = model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
     )
-    loss = token_mean_loss(model, inputs, None, loss_cfg(True, 4))
+    loss = token_mean_loss(model, inputs, None, make_config(chunked_cross_entropy_num_chunks=4))
     loss.backward()
     handle.remove()
     chunk = -(-trained // 4)
@@ -140,7 +135,7 @@ def test_a_sharded_head_is_recomputed_chunk_by_chunk_through_its_own_forward(tin
     model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: rows_seen.append(output.reshape(-1, output.size(-1)).size(0))
     )
-    loss, grads = loss_and_gradients(model, inputs, loss_cfg(True, 2))
+    loss, grads = loss_and_gradients(model, inputs, make_config(chunked_cross_entropy_num_chunks=2))
     assert rows_seen == [2, 16, 16, 16, 16]  # forward, then each chunk again in backward
     assert loss == pytest.approx(plain_loss, abs=1e-5)
     for name, grad in grads.items():
@@ -155,7 +150,7 @@ def test_families_that_transform_their_logits(model_class, config):
     model = model_class(config).train()
     with torch.no_grad():  # spread the logits, so that the transform matters
         model.get_output_embeddings().weight.mul_(20.0)
-    loss = assert_same_as_plain(model, padded_batch(512), loss_cfg(True, 3))
+    loss = assert_same_as_plain(model, padded_batch(512), make_config(chunked_cross_entropy_num_chunks=3))
     assert loss > 0.5
 
 
@@ -163,7 +158,7 @@ def test_evaluation_without_gradients_matches_and_keeps_no_graph(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     inputs = padded_batch()
     with torch.no_grad():
-        chunked = token_mean_loss(model, inputs, None, loss_cfg(True, 3))
+        chunked = token_mean_loss(model, inputs, None, make_config(chunked_cross_entropy_num_chunks=3))
         plain = token_mean_loss(model, inputs, None, PLAIN)
     assert not chunked.requires_grad
     assert chunked.item() == pytest.approx(plain.item(), abs=1e-6)
@@ -188,7 +183,9 @@ def test_bfloat16_model_matches_the_plain_loss(tiny_model_dir):
         model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
     ).train()
     plain_loss, plain_grads = loss_and_gradients(model, packed_batch(), PLAIN)
-    chunked_loss, chunked_grads = loss_and_gradients(model, packed_batch(), loss_cfg(True, 3))
+    chunked_loss, chunked_grads = loss_and_gradients(
+        model, packed_batch(), make_config(chunked_cross_entropy_num_chunks=3)
+    )
     assert chunked_loss == pytest.approx(plain_loss, rel=1e-3)
     assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # the head runs in bf16
     for name, grad in chunked_grads.items():

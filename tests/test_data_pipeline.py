@@ -15,6 +15,7 @@ from ftk.core.config.loader import load_config
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import prepare_data
 from ftk.core.errors import FtkError
+from tests.helpers import write_config
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]},
@@ -29,16 +30,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def make_config(tmp_path: Path, model_dir: Path, data: Path, extra: str = "") -> Path:
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"base_model: {model_dir}\n"
-        f"datasets:\n  - path: {data}\n"
-        "sequence_len: 64\n"
-        f"dataset_prepared_path: {tmp_path / 'prepared'}\n"
-        f"output_dir: {tmp_path / 'out'}\n" + extra
-    )
-    return cfg
+# Data preparation only: rows of up to 64 tokens, no training keys.
+BASE = dict(sequence_len=64, micro_batch_size=None, max_steps=None, seed=None)
 
 
 def prepare(cfg_path: Path, tokenizer):
@@ -48,7 +41,7 @@ def prepare(cfg_path: Path, tokenizer):
 
 def test_rows_are_counted_and_filtered(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
-    prepared = prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer)
+    prepared = prepare(write_config(tmp_path, tiny_model_dir, data, **BASE), tokenizer)
     (stats,) = prepared.sources
     assert (stats.rows, stats.kept, stats.too_long, stats.nothing_trained) == (4, 2, 1, 1)
     # "Hello there" + <|im_end|> (3 tokens) and "Bye" + <|im_end|> (3 tokens) are the trained tokens.
@@ -60,7 +53,7 @@ def test_rows_are_counted_and_filtered(tmp_path, tiny_model_dir, tokenizer):
 
 def test_cache_is_reused_and_invalidated_by_data_or_tokenizer_changes(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
-    cfg = make_config(tmp_path, tiny_model_dir, data)
+    cfg = write_config(tmp_path, tiny_model_dir, data, **BASE)
     first = prepare(cfg, tokenizer)
     again = prepare(cfg, tokenizer)
     assert (first.from_cache, again.from_cache) == (False, True)
@@ -79,21 +72,21 @@ def test_cache_is_reused_and_invalidated_by_data_or_tokenizer_changes(tmp_path, 
 
 def test_settings_change_the_cache_key(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
-    base = prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer).cache_dir
-    inputs = prepare(make_config(tmp_path, tiny_model_dir, data, "train_on_inputs: true\n"), tokenizer)
+    base = prepare(write_config(tmp_path, tiny_model_dir, data, **BASE), tokenizer).cache_dir
+    inputs = prepare(write_config(tmp_path, tiny_model_dir, data, train_on_inputs=True, **BASE), tokenizer)
     assert inputs.cache_dir != base and not inputs.from_cache
 
 
 def test_bad_row_names_file_row_and_field(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], {"messages": [{"role": "user", "content": 3}]}])
     with pytest.raises(FtkError) as info:
-        prepare(make_config(tmp_path, tiny_model_dir, data), tokenizer)
+        prepare(write_config(tmp_path, tiny_model_dir, data, **BASE), tokenizer)
     assert str(info.value) == f"{data}: row 2: messages[0].content: must be text, got int"
 
 
 def test_cli_bad_row_exits_2_and_writes_nothing_to_output_dir(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], {"conversation": []}])
-    cfg = make_config(tmp_path, tiny_model_dir, data, "adapter: lora\nmax_steps: 1\n")
+    cfg = write_config(tmp_path, tiny_model_dir, data, **{**BASE, "adapter": "lora", "max_steps": 1})
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     # Only the tokenizing progress bar may precede the one-line error.
@@ -103,7 +96,7 @@ def test_cli_bad_row_exits_2_and_writes_nothing_to_output_dir(tmp_path, tiny_mod
 
 
 def test_missing_data_file_is_a_clean_error(tmp_path, tiny_model_dir, tokenizer):
-    cfg = make_config(tmp_path, tiny_model_dir, tmp_path / "nope.jsonl")
+    cfg = write_config(tmp_path, tiny_model_dir, tmp_path / "nope.jsonl", **BASE)
     with pytest.raises(FtkError, match=r"datasets\[0\]\.path: no such file or directory"):
         prepare(cfg, tokenizer)
 
@@ -111,7 +104,7 @@ def test_missing_data_file_is_a_clean_error(tmp_path, tiny_model_dir, tokenizer)
 def test_val_set_size_splits_rows(tmp_path, tiny_model_dir, tokenizer):
     rows = [ROWS[0], ROWS[1]] * 10
     data = write_jsonl(tmp_path / "chat.jsonl", rows)
-    prepared = prepare(make_config(tmp_path, tiny_model_dir, data, "val_set_size: 0.25\n"), tokenizer)
+    prepared = prepare(write_config(tmp_path, tiny_model_dir, data, val_set_size=0.25, **BASE), tokenizer)
     assert (len(prepared.train), len(prepared.eval)) == (15, 5)
 
 
@@ -136,7 +129,7 @@ BAD_ROWS = [
 
 def test_invalid_rows_skip_counts_and_keeps_examples_of_the_problem(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", BAD_ROWS)
-    prepared = prepare(make_config(tmp_path, tiny_model_dir, data, "invalid_rows: skip\n"), tokenizer)
+    prepared = prepare(write_config(tmp_path, tiny_model_dir, data, invalid_rows="skip", **BASE), tokenizer)
     (stats,) = prepared.sources
     assert (stats.rows, stats.kept, stats.invalid) == (5, 2, 3)
     assert stats.invalid_examples == [
@@ -152,14 +145,16 @@ def test_excess_length_truncate_and_raise(tmp_path, tiny_model_dir, tokenizer):
     }
     data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], long_answer])
     truncated = prepare(
-        make_config(tmp_path, tiny_model_dir, data, "excess_length_strategy: truncate\n"), tokenizer
+        write_config(tmp_path, tiny_model_dir, data, excess_length_strategy="truncate", **BASE), tokenizer
     )
     (stats,) = truncated.sources
     assert (stats.kept, stats.truncated, stats.too_long) == (2, 1, 0)
     assert sorted(len(ids) for ids in truncated.train["input_ids"]) == [13, 64]
 
     with pytest.raises(FtkError) as info:
-        prepare(make_config(tmp_path, tiny_model_dir, data, "excess_length_strategy: raise\n"), tokenizer)
+        prepare(
+            write_config(tmp_path, tiny_model_dir, data, excess_length_strategy="raise", **BASE), tokenizer
+        )
     assert (
         str(info.value)
         == f"{data}: row 2: 112 tokens, more than sequence_len 64 (excess_length_strategy: raise)"
@@ -169,10 +164,12 @@ def test_excess_length_truncate_and_raise(tmp_path, tiny_model_dir, tokenizer):
 def test_max_samples_and_test_datasets(tmp_path, tiny_model_dir, tokenizer):
     train = write_jsonl(tmp_path / "train.jsonl", [ROWS[0], ROWS[1]] * 5)
     held_out = write_jsonl(tmp_path / "eval.jsonl", [ROWS[1]] * 3)
-    extra = f"test_datasets:\n  - path: {held_out}\n"
-    cfg = make_config(tmp_path, tiny_model_dir, train, extra)
-    cfg.write_text(
-        cfg.read_text().replace(f"  - path: {train}\n", f"  - path: {train}\n    max_samples: 4\n", 1)
+    cfg = write_config(
+        tmp_path,
+        tiny_model_dir,
+        [{"path": train, "max_samples": 4}],
+        test_datasets=[{"path": held_out}],
+        **BASE,
     )
     prepared = prepare(cfg, tokenizer)
     assert (len(prepared.train), len(prepared.eval)) == (4, 3)
@@ -181,7 +178,7 @@ def test_max_samples_and_test_datasets(tmp_path, tiny_model_dir, tokenizer):
 
 def test_preprocess_json_reports_counts_and_cache(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
-    cfg = make_config(tmp_path, tiny_model_dir, data)
+    cfg = write_config(tmp_path, tiny_model_dir, data, **BASE)
     assert main(["preprocess", str(cfg), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["train_rows"], report["tokens"], report["trained_tokens"]) == (2, 27, 6)
@@ -204,7 +201,7 @@ def test_debug_view_marks_trained_tokens_and_warns(tmp_path, tiny_model_dir, tok
     assert row_warnings(no_eot, tokenizer) == ["end-of-turn token <|im_end|> at position 2 is not trained"]
 
     data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0]])
-    assert main(["preprocess", str(make_config(tmp_path, tiny_model_dir, data)), "--debug"]) == 0
+    assert main(["preprocess", str(write_config(tmp_path, tiny_model_dir, data, **BASE)), "--debug"]) == 0
     out = capsys.readouterr().out
     assert "row 0: 13 tokens, 3 trained" in out
     assert "Hello[9707]" in out and "<|im_end|>[151645]" in out
@@ -212,20 +209,15 @@ def test_debug_view_marks_trained_tokens_and_warns(tmp_path, tiny_model_dir, tok
 
 def test_custom_strategy_function_runs_through_the_pipeline(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "docs.jsonl", [{"body": "quiet words"}])
-    cfg = make_config(tmp_path, tiny_model_dir, data)
-    cfg.write_text(
-        cfg.read_text().replace(
-            f"  - path: {data}\n",
-            f"  - path: {data}\n    type: tests.fixture_plugins.custom_strategy.shout\n    field: body\n",
-        )
-    )
+    shout = {"path": data, "type": "tests.fixture_plugins.custom_strategy.shout", "field": "body"}
+    cfg = write_config(tmp_path, tiny_model_dir, [shout], **BASE)
     prepared = prepare(cfg, tokenizer)
     assert prepared.train["input_ids"] == [tokenizer("QUIET WORDS", add_special_tokens=False)["input_ids"]]
 
 
 def test_tokenizer_change_misses_the_cache(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", ROWS)
-    cfg = make_config(tmp_path, tiny_model_dir, data)
+    cfg = write_config(tmp_path, tiny_model_dir, data, **BASE)
     first = prepare(cfg, tokenizer)
     grown = AutoTokenizer.from_pretrained(tiny_model_dir)
     grown.add_special_tokens({"additional_special_tokens": ["<|new_token|>"]})
@@ -253,11 +245,8 @@ def test_editing_a_custom_strategy_prepares_the_data_again(tmp_path, tiny_model_
     (module_dir / "my_strategy.py").write_text(STRATEGY.format(change=""), encoding="utf-8")
     monkeypatch.syspath_prepend(str(module_dir))
     data = write_jsonl(tmp_path / "notes.jsonl", [{"text": "hello world"}, {"text": "second note"}])
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {data}\n    type: my_strategy.build\n"
-        f"dataset_prepared_path: {tmp_path / 'prepared'}\noutput_dir: {tmp_path / 'out'}\n"
-    )
+    mine = {"path": data, "type": "my_strategy.build"}
+    cfg = write_config(tmp_path, tiny_model_dir, [mine], **{**BASE, "sequence_len": None})
     first = prepare(cfg, tokenizer)
     assert prepare(cfg, tokenizer).from_cache  # unchanged code: the cache is reused
 

@@ -31,7 +31,7 @@ from ftk.core.plugins import create_plugin_manager
 from ftk.integrations import deepspeed_configs
 from ftk.plugins import deepspeed as deepspeed_plugin
 from ftk.plugins import fsdp as fsdp_plugin
-from tests.helpers import first_chat_rows
+from tests.helpers import first_chat_rows, line_of, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 AUTO_KEYS = (
@@ -42,33 +42,19 @@ AUTO_KEYS = (
 )
 
 
-def write_config(
-    tmp_path: Path, extra: str, model_dir: Path | str = "unused-model", data: Path | str = "d.jsonl"
-) -> Path:
-    """A config with ``extra`` appended: its first line is line 17 of the file."""
-    path = tmp_path / "cfg.yaml"
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-
-adapter: lora
-lora_r: 4
-lora_alpha: 8
-lora_target_linear: true
-sequence_len: 256
-excess_length_strategy: truncate
-micro_batch_size: 2
-gradient_accumulation_steps: 2
-max_steps: 4
-learning_rate: 5.0e-3
-output_dir: {tmp_path / "out"}
-dataset_prepared_path: {tmp_path / "prepared"}
-{extra}
-"""
-    )
-    return path
+# LoRA runs of 4 steps of 2 x 2 rows; a test adds its deepspeed or fsdp keys as YAML text (``extra``).
+BASE = dict(
+    adapter="lora",
+    lora_r=4,
+    lora_alpha=8,
+    lora_target_linear=True,
+    sequence_len=256,
+    excess_length_strategy="truncate",
+    gradient_accumulation_steps=2,
+    max_steps=4,
+    learning_rate=5.0e-3,
+    seed=None,
+)
 
 
 def config_for(tmp_path: Path, extra: str):
@@ -76,12 +62,13 @@ def config_for(tmp_path: Path, extra: str):
     cross-key checks (``config_problems``), which the tests call themselves."""
     manager = create_plugin_manager()
     model = build_config_model(manager.collect_registrations().sections)
-    return model.model_validate(yaml.safe_load(write_config(tmp_path, extra).read_text()))
+    path = write_config(tmp_path, "unused-model", "d.jsonl", extra=extra, **BASE)
+    return model.model_validate(yaml.safe_load(path.read_text()))
 
 
 def validate_error(tmp_path: Path, extra: str, capsys) -> str:
     """Run ``ftk validate`` on a config with ``extra`` appended; it must fail cleanly. Returns stderr."""
-    path = write_config(tmp_path, extra)
+    path = write_config(tmp_path, "unused-model", "d.jsonl", extra=extra, **BASE)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -141,7 +128,7 @@ def test_preset_copies_are_independent():
 
 
 def test_preset_in_config_validates_without_deepspeed_and_round_trips(tmp_path, capsys):
-    path = write_config(tmp_path, "deepspeed: zero3_offload")
+    path = write_config(tmp_path, "unused-model", "d.jsonl", extra="deepspeed: zero3_offload", **BASE)
     assert main(["validate", str(path)]) == 0
     assert "deepspeed: zero3_offload" in capsys.readouterr().out
     cfg, _ = load_config(path)
@@ -166,13 +153,15 @@ def test_json_path_is_passed_as_its_contents(tmp_path):
 
 def test_unknown_preset_suggests_the_closest(tmp_path, capsys):
     err = validate_error(tmp_path, "deepspeed: zero2-offload", capsys)
-    assert "cfg.yaml:17: deepspeed: unknown preset (did you mean 'zero2_offload'?)" in err
+    line = line_of(tmp_path / "cfg.yaml", "deepspeed")
+    assert f"cfg.yaml:{line}: deepspeed: unknown preset (did you mean 'zero2_offload'?)" in err
     assert "zero1, zero2, zero3, zero2_offload, zero3_offload" in err
 
 
 def test_missing_json_file(tmp_path, capsys):
     err = validate_error(tmp_path, f"deepspeed: {tmp_path / 'nowhere' / 'ds.json'}", capsys)
-    assert f"cfg.yaml:17: deepspeed: {tmp_path / 'nowhere' / 'ds.json'}: file not found" in err
+    line = line_of(tmp_path / "cfg.yaml", "deepspeed")
+    assert f"cfg.yaml:{line}: deepspeed: {tmp_path / 'nowhere' / 'ds.json'}: file not found" in err
 
 
 def test_unparsable_json_names_file_line_and_column(tmp_path, capsys):
@@ -201,47 +190,63 @@ def test_unparsable_json_names_file_line_and_column(tmp_path, capsys):
 def test_unusable_json_is_reported_at_validate(tmp_path, capsys, content, message):
     (tmp_path / "ds.json").write_text(content)
     err = validate_error(tmp_path, f"deepspeed: {tmp_path / 'ds.json'}", capsys)
-    assert f"cfg.yaml:17: deepspeed: {tmp_path / 'ds.json'}: {message}" in err
+    line = line_of(tmp_path / "cfg.yaml", "deepspeed")
+    assert f"cfg.yaml:{line}: deepspeed: {tmp_path / 'ds.json'}: {message}" in err
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "key", "message"),
     [
         (
             "fsdp: [full_shard, auto_wrap]",
-            "cfg.yaml:17: fsdp: a list of FSDP1 options (full_shard, auto_wrap, offload) is not supported",
+            "fsdp",
+            "fsdp: a list of FSDP1 options (full_shard, auto_wrap, offload) is not supported",
         ),
-        ("fsdp_version: 1", "cfg.yaml:17: fsdp_version: ftk supports FSDP version 2 only"),
-        ("fsdp:\n  fsdp_version: 1", "cfg.yaml:18: fsdp.fsdp_version: ftk supports FSDP version 2 only"),
+        ("fsdp_version: 1", "fsdp_version", "fsdp_version: ftk supports FSDP version 2 only"),
+        ("fsdp:\n  fsdp_version: 1", "fsdp_version", "fsdp.fsdp_version: ftk supports FSDP version 2 only"),
         (
             "fsdp:\n  ofload_params: true",
-            "cfg.yaml:18: fsdp.ofload_params: unknown key (did you mean 'offload_params'?)",
+            "ofload_params",
+            "fsdp.ofload_params: unknown key (did you mean 'offload_params'?)",
         ),
         (
             "fsdp_config:\n  fsdp_sharding_strategy: FULL_SHARD",
+            None,
             "fsdp_config: fsdp_sharding_strategy is an FSDP1 setting and ftk runs FSDP2: use reshard_after_forward",
         ),
         (
             "fsdp:\n  auto_wrap_policy: SIZE_BASED_WRAP",
+            None,
             "fsdp: auto_wrap_policy: SIZE_BASED_WRAP needs min_num_params",
         ),
         (
             "fsdp:\n  auto_wrap_policy: NO_WRAP\n  transformer_layer_cls_to_wrap: Qwen3DecoderLayer",
+            None,
             "transformer_layer_cls_to_wrap is only used with auto_wrap_policy: TRANSFORMER_BASED_WRAP",
         ),
         (
             "fsdp:\n  min_num_params: 1000",
+            None,
             "min_num_params is only used with auto_wrap_policy: SIZE_BASED_WRAP",
         ),
         (
             "fsdp:\n  cpu_ram_efficient_loading: true",
-            "cfg.yaml:18: fsdp.cpu_ram_efficient_loading: not available: ftk loads the whole base model",
+            "cpu_ram_efficient_loading",
+            "fsdp.cpu_ram_efficient_loading: not available: ftk loads the whole base model",
         ),
-        ("fsdp:\n  state_dict_type: LOCAL_STATE_DICT", "cfg.yaml:18: fsdp.state_dict_type: Input should be"),
+        (
+            "fsdp:\n  state_dict_type: LOCAL_STATE_DICT",
+            "state_dict_type",
+            "fsdp.state_dict_type: Input should be",
+        ),
     ],
 )
-def test_fsdp_section_errors_at_validate(tmp_path, capsys, extra, message):
-    assert message in validate_error(tmp_path, extra, capsys)
+def test_fsdp_section_errors_at_validate(tmp_path, capsys, extra, key, message):
+    """A message with a ``key`` names the file and the line of that key."""
+    err = validate_error(tmp_path, extra, capsys)
+    if key is not None:
+        message = f"cfg.yaml:{line_of(tmp_path / 'cfg.yaml', key)}: {message}"
+    assert message in err
 
 
 # --- what the plugins contribute to TrainingArguments -------------------------------------------
@@ -316,12 +321,12 @@ def test_fsdp_defaults(tmp_path):
 
 
 def test_no_section_no_contribution(tmp_path):
-    cfg, manager = load_config(write_config(tmp_path, ""))
+    cfg, manager = load_config(write_config(tmp_path, "unused-model", "d.jsonl", **BASE))
     assert manager.hooks.training_arguments(cfg) == {}
 
 
 def test_deepspeed_and_fsdp_together_is_one_config_error(tmp_path, capsys):
-    path = write_config(tmp_path, "deepspeed: zero2\nfsdp: {}")
+    path = write_config(tmp_path, "unused-model", "d.jsonl", extra="deepspeed: zero2\nfsdp: {}", **BASE)
     assert main(["validate", str(path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -388,14 +393,15 @@ def test_gpu_only_optimizer_with_offload(tmp_path):
 @pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
 def test_zero3_refuses_a_model_quantized_on_load(tmp_path, key):
     # The quantization plugin's keys: the check reads them by name.
+    path = write_config(tmp_path, "unused-model", "d.jsonl", extra=f"deepspeed: zero3\n{key}: true", **BASE)
     with pytest.raises(FtkError) as error:
-        load_config(write_config(tmp_path, f"deepspeed: zero3\n{key}: true"))
+        load_config(path)
     assert str(error.value).endswith(
-        f"cfg.yaml:18: {key}: ZeRO-3 (preset zero3) cannot partition a model quantized on load: ftk loads "
+        f"cfg.yaml:{line_of(path, key)}: {key}: ZeRO-3 (preset zero3) cannot partition a model quantized on load: ftk loads "
         "the model before DeepSpeed starts (no zero.Init); use zero2 or zero2_offload"
     )
     for fine in (f"deepspeed: zero2_offload\n{key}: true", f"deepspeed: zero3\n{key}: false"):
-        cfg, _ = load_config(write_config(tmp_path, fine))
+        cfg, _ = load_config(write_config(tmp_path, "unused-model", "d.jsonl", extra=fine, **BASE))
         assert deepspeed_plugin.config_problems(cfg) == []
 
 
@@ -494,7 +500,7 @@ def test_sharded_checkpoints_still_save_a_full_final_model():
 def test_train_without_deepspeed_installed_stops_with_the_install_hint(
     tmp_path, tiny_model_dir, chat16, capsys
 ):
-    path = write_config(tmp_path, "deepspeed: zero2", tiny_model_dir, chat16)
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra="deepspeed: zero2", **BASE)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "error: deepspeed: is set but DeepSpeed is not installed: pip install 'ftk[deepspeed]'" in err
@@ -504,7 +510,7 @@ def test_train_without_deepspeed_installed_stops_with_the_install_hint(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
 def test_fsdp_train_on_cpu_stops_before_training(tmp_path, tiny_model_dir, chat16, capsys):
-    path = write_config(tmp_path, "fsdp: {}", tiny_model_dir, chat16)
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra="fsdp: {}", **BASE)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "error: fsdp: FSDP2 runs on CUDA GPUs and none is visible" in err
@@ -553,7 +559,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize(("preset", "launcher"), [("zero2", False), ("zero3", True)])
 def test_deepspeed_lora_saves_real_adapter_weights(tmp_path, tiny_model_dir, chat16, preset, launcher):
     pytest.importorskip("deepspeed")
-    path = write_config(tmp_path, f"deepspeed: {preset}\nbf16: true\nsave_steps: 2", tiny_model_dir, chat16)
+    extra = f"deepspeed: {preset}\nbf16: true\nsave_steps: 2"
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra=extra, **BASE)
     # zero2: plain `ftk train` (the plugin sets up a one-process group); zero3: under torchrun.
     args = ["train", str(path)]
     run_ftk(launcher_command(1, args) if launcher else [sys.executable, "-m", "ftk.cli", *args], tmp_path)
@@ -566,7 +573,7 @@ def test_deepspeed_lora_saves_real_adapter_weights(tmp_path, tiny_model_dir, cha
 @pytest.mark.parametrize("state_dict_type", ["FULL_STATE_DICT", "SHARDED_STATE_DICT"])
 def test_fsdp2_lora_saves_real_adapter_weights(tmp_path, tiny_model_dir, chat16, state_dict_type):
     extra = f"fsdp:\n  state_dict_type: {state_dict_type}\nbf16: true\nsave_steps: 2"
-    path = write_config(tmp_path, extra, tiny_model_dir, chat16)
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra=extra, **BASE)
     run_ftk(launcher_command(1, ["train", str(path)]), tmp_path)
     assert_real_adapter(tmp_path / "out", tiny_model_dir, rank=4)
     assert (tmp_path / "out" / "checkpoint-2").is_dir()

@@ -62,3 +62,29 @@ def test_the_machine_is_checked_before_the_data(tmp_path: Path, tiny_model_dir: 
     assert len(errors) == 1 and errors[0].startswith(expected)
     assert "missing.jsonl" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.skipif(liger_integration.gpu_available(), reason="checks the error without a GPU")
+def test_every_command_checks_the_machine_for_what_it_does(tmp_path: Path, tiny_model_dir: Path, capsys):
+    """One lifecycle: eval and generate load the model (with Liger's kernels), so they stop at once;
+    preprocess loads none, so it goes on to the data; validate reports the problem as a note."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {tmp_path / 'missing.jsonl'}\n"
+        f"val_set_size: 2\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
+        "liger_rope: true\n",
+        encoding="utf-8",
+    )
+    machine = "error: liger_rope: Liger's kernels need a GPU"
+    for argv in (["eval", str(path)], ["generate", str(path), "hello", "--base"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(machine) and "missing.jsonl" not in err, argv
+    assert main(["preprocess", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.jsonl" in err and "liger" not in err  # past the machine check, stopped by the data
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "valid" in out and "note: this machine cannot train it: liger_rope: Liger's kernels need a GPU" in out
+    )

@@ -19,6 +19,7 @@ from ftk.core.config.loader import load_config
 from ftk.core.data.packing import pack_lengths
 from ftk.core.data.pipeline import prepare_data
 from ftk.core.model import load_tokenizer
+from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
@@ -34,28 +35,13 @@ def workdir(tmp_path_factory) -> Path:
     return directory
 
 
-def write_config(directory: Path, base_model: Path, name: str = "cfg.yaml") -> Path:
-    path = directory / name
-    path.write_text(
-        f"""\
-base_model: {base_model}
-datasets:
-  - path: {directory / "chat.jsonl"}
-    type: chat_template
-sequence_len: {SEQUENCE_LEN}
-micro_batch_size: 2
-val_set_size: 8
-seed: 3
-output_dir: {directory / "out"}
-dataset_prepared_path: {directory / "prepared"}
-"""
-    )
-    return path
+# Eval configs: 8 of the 48 chats held out (val_set_size), no max_steps.
+BASE = dict(sequence_len=SEQUENCE_LEN, max_steps=None, val_set_size=8)
 
 
 @pytest.fixture(scope="module")
 def config(workdir, sharp_model_dir) -> Path:
-    return write_config(workdir, sharp_model_dir)
+    return write_config(workdir, sharp_model_dir, workdir / "chat.jsonl", **BASE)
 
 
 def eval_rows(config: Path, tokenizer=None):
@@ -167,7 +153,7 @@ def test_adapter_is_evaluated_with_its_own_tokenizer(capsys, config, reference, 
 
 def test_full_model_directory(capsys, workdir, reference, tiny_model_dir, sharp_model_dir):
     # The config's base model is the untouched tiny model; --adapter names a full model directory.
-    config = write_config(workdir, tiny_model_dir, "tiny.yaml")
+    config = write_config(workdir, tiny_model_dir, workdir / "chat.jsonl", "tiny.yaml", **BASE)
     result = eval_json(capsys, str(config), "--adapter", str(sharp_model_dir))
     assert abs(result["eval_loss"] - reference[0]) < TOLERANCE
     assert result["eval_tokens"] == reference[1]

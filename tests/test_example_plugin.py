@@ -21,6 +21,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ftk.cli import main
 from ftk.core.config.loader import load_config
+from tests.helpers import line_of, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "examples" / "plugins" / "ftk-example-plugin"
@@ -57,24 +58,13 @@ def test_ci_cannot_skip_the_example_plugin():
         assert Path(ftk_example_plugin.__file__).resolve().parent == PLUGIN_DIR / "ftk_example_plugin"
 
 
-def write_config(tmp_path: Path, model_dir: Path, dataset: str, extra: str = "") -> Path:
-    """A config on the example data in ``tmp_path``; ``dataset`` adds keys to the dataset entry."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {DATA}
-    type: qa_pairs
-{dataset}
-shuffle_merged_datasets: false
-sequence_len: 128
-output_dir: {tmp_path / "out"}
-dataset_prepared_path: {tmp_path / "prepared"}
-{extra}
-"""
-    )
-    return cfg
+# Data preparation and validation only: no training keys unless a test sets them.
+BASE = dict(shuffle_merged_datasets=False, sequence_len=128, micro_batch_size=None, max_steps=None, seed=None)
+
+
+def qa_pairs(path: Path = DATA, **options) -> list[dict]:
+    """The datasets entry for ``path`` with the plugin's qa_pairs strategy and its ``options``."""
+    return [{"path": path, "type": "qa_pairs", **options}]
 
 
 def plugin_row(table: str, name: str) -> tuple[str, str, list[str]]:
@@ -103,7 +93,7 @@ def test_ftk_plugins_lists_the_entry_point_and_its_hooks(capsys):
 
 @needs_plugin
 def test_preprocess_trains_only_the_answer_and_eos(tmp_path, tiny_model_dir, tokenizer, capsys):
-    cfg = write_config(tmp_path, tiny_model_dir, dataset="")
+    cfg = write_config(tmp_path, tiny_model_dir, qa_pairs(), **BASE)
     assert main(["preprocess", str(cfg), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
 
@@ -134,13 +124,10 @@ def test_options_rename_columns_change_the_template_and_train_on_inputs(tmp_path
 
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"q": "2+2?", "a": "4"}) + "\n" + json.dumps({"q": "3+4?"}) + "\n")
+    options = {"field_question": "q", "field_answer": "a", "prompt_template": "Question: {question} Answer:"}
     cfg_path = write_config(
-        tmp_path,
-        tiny_model_dir,
-        dataset='    field_question: q\n    field_answer: a\n    prompt_template: "Question: {question} Answer:"',
-        extra="invalid_rows: skip\ntrain_on_inputs: true",
+        tmp_path, tiny_model_dir, qa_pairs(data, **options), invalid_rows="skip", train_on_inputs=True, **BASE
     )
-    cfg_path.write_text(cfg_path.read_text().replace(str(DATA), str(data)))
     cfg, manager = load_config(cfg_path)
     prepared = prepare_data(cfg, tokenizer, manager.collect_registrations(), use_cache=False)
 
@@ -156,12 +143,8 @@ def test_options_rename_columns_change_the_template_and_train_on_inputs(tmp_path
 @needs_plugin
 @pytest.mark.slow
 def test_three_step_run_writes_a_log_line_per_step(tmp_path, tiny_model_dir):
-    cfg = write_config(
-        tmp_path,
-        tiny_model_dir,
-        dataset="",
-        extra="example:\n  log_every: 1\nmax_steps: 3\nmicro_batch_size: 2\nlearning_rate: 1.0e-3",
-    )
+    run = {"example": {"log_every": 1}, "max_steps": 3, "micro_batch_size": 2, "learning_rate": 1.0e-3}
+    cfg = write_config(tmp_path, tiny_model_dir, qa_pairs(), **{**BASE, **run})
     assert main(["train", str(cfg)]) == 0
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "example_plugin.jsonl").read_text().splitlines()]
@@ -182,11 +165,11 @@ def test_callback_only_with_the_section_and_every_nth_training_step(tmp_path):
     from ftk_example_plugin.step_log import LOG_FILE, StepLogCallback
 
     model_dir = tmp_path / "model"  # validation only: no model is loaded
-    cfg, manager = load_config(write_config(tmp_path, model_dir, dataset=""))
+    cfg, manager = load_config(write_config(tmp_path, model_dir, qa_pairs(), **BASE))
     callbacks = manager.hooks.trainer_callbacks(cfg)
     assert not any(isinstance(cb, StepLogCallback) for cb in callbacks)
 
-    cfg, manager = load_config(write_config(tmp_path, model_dir, dataset="", extra="example: {}"))
+    cfg, manager = load_config(write_config(tmp_path, model_dir, qa_pairs(), example={}, **BASE))
     callbacks = manager.hooks.trainer_callbacks(cfg)
     (ours,) = [cb for cb in callbacks if isinstance(cb, StepLogCallback)]
     assert (ours.path, ours.log_every) == (tmp_path / "out" / LOG_FILE, 1)
@@ -212,29 +195,30 @@ def test_callback_only_with_the_section_and_every_nth_training_step(tmp_path):
 
 @needs_plugin
 @pytest.mark.parametrize(
-    ("dataset", "extra", "message"),
+    ("options", "keys", "message"),
     [
         (
-            "    field_questoin: q",
-            "",
-            "5: datasets[0].field_questoin: unknown key (did you mean 'field_question'?)",
+            {"field_questoin": "q"},
+            {},
+            "datasets[0].field_questoin: unknown key (did you mean 'field_question'?)",
         ),
         (
-            '    prompt_template: "Q: "',
-            "",
-            "5: datasets[0].prompt_template: Value error, must contain '{question}' (got 'Q: ')",
+            {"prompt_template": "Q: "},
+            {},
+            "datasets[0].prompt_template: Value error, must contain '{question}' (got 'Q: ')",
         ),
-        ("", "example:\n  log_evry: 2", "11: example.log_evry: unknown key (did you mean 'log_every'?)"),
-        ("", "example:\n  log_every: 0", "11: example.log_every: Input should be greater than 0 (got 0)"),
+        ({}, {"example": {"log_evry": 2}}, "example.log_evry: unknown key (did you mean 'log_every'?)"),
+        ({}, {"example": {"log_every": 0}}, "example.log_every: Input should be greater than 0 (got 0)"),
     ],
     ids=["misspelled-option", "template-without-question", "misspelled-section-key", "log-every-0"],
 )
-def test_bad_plugin_settings_are_config_errors(tmp_path, capsys, dataset, extra, message):
+def test_bad_plugin_settings_are_config_errors(tmp_path, capsys, options, keys, message):
     """Exit code 2 and one line: file, line of the key, key path, what is wrong."""
-    cfg = write_config(tmp_path, tmp_path / "model", dataset=dataset, extra=extra)
+    cfg = write_config(tmp_path, tmp_path / "model", qa_pairs(**options), **BASE, **keys)
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {cfg}:{message}\n"  # message starts with the line number
+    key = message.split(": ")[0].rpartition(".")[2]  # the last part of the key path the message names
+    assert err == f"error: {cfg}:{line_of(cfg, key)}: {message}\n"
     assert "Traceback" not in err
 
 

@@ -22,6 +22,7 @@ from ftk.commands.generate import (
     stop_token_ids,
 )
 from ftk.core.config.loader import load_config
+from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = REPO / "examples" / "data" / "sgd_chat_600.jsonl"
@@ -39,18 +40,13 @@ def tokenizer_of(sharp_model_dir):
     return AutoTokenizer.from_pretrained(sharp_model_dir)
 
 
-def write_config(directory: Path, base_model: Path, extra: str = "") -> Path:
-    path = directory / "cfg.yaml"
-    path.write_text(
-        f"base_model: {base_model}\ndatasets:\n  - path: {CHAT}\n    type: chat_template\n"
-        f"output_dir: {directory / 'out'}\n{extra}"
-    )
-    return path
+# Generation reads the model, the chat template and output_dir: the training keys are left out.
+BASE = dict(sequence_len=None, micro_batch_size=None, max_steps=None, seed=None, dataset_prepared_path=None)
 
 
 @pytest.fixture
 def config(tmp_path, sharp_model_dir) -> Path:
-    return write_config(tmp_path, sharp_model_dir)
+    return write_config(tmp_path, sharp_model_dir, CHAT, **BASE)
 
 
 def templated(tokenizer, prompt: str, system: str | None = None, template: str | None = None) -> list[int]:
@@ -142,7 +138,7 @@ def test_default_model_is_the_adapter_in_output_dir(capsys, config, sharp_model_
 
 
 def test_model_directory(capsys, tmp_path, tiny_model_dir, sharp_model_dir, sharp_model, tokenizer_of):
-    config = write_config(tmp_path, tiny_model_dir)  # the config's base model is not the one run
+    config = write_config(tmp_path, tiny_model_dir, CHAT, **BASE)  # its base model is not the one run
     expected = reference(sharp_model, templated(tokenizer_of, PROMPT), 8)
     out = run_cli(capsys, str(config), PROMPT, "--model", str(sharp_model_dir), "--max-new-tokens", "8")
     assert out == tokenizer_of.decode(expected, skip_special_tokens=True) + "\n"
@@ -154,7 +150,7 @@ def test_config_chat_template_is_used(capsys, tmp_path, sharp_model_dir, sharp_m
         "{% if add_generation_prompt %}<|im_start|>assistant:{% endif %}"
     )
     config = write_config(
-        tmp_path, sharp_model_dir, f"chat_template: jinja\nchat_template_jinja: {template!r}\n"
+        tmp_path, sharp_model_dir, CHAT, chat_template="jinja", chat_template_jinja=template, **BASE
     )
     ids = templated(tokenizer_of, PROMPT, template=template)
     expected = reference(sharp_model, ids, 8)

@@ -26,7 +26,6 @@ from transformers import (
 
 from ftk.cli import main
 from ftk.core.config.loader import load_config
-from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.lm import logit_transform
 from ftk.core.model import load_model, load_tokenizer
@@ -35,7 +34,14 @@ from ftk.core.trainer import micro_batch_loss
 from ftk.integrations import liger as liger_integration
 from ftk.plugins import liger as liger_plugin
 from ftk.plugins.loss import summed_loss
-from tests.helpers import LOGIT_TRANSFORM_FAMILIES, SMALL_SHAPE, builtin_manager, first_chat_rows, make_config
+from tests.helpers import (
+    LOGIT_TRANSFORM_FAMILIES,
+    SMALL_SHAPE,
+    builtin_manager,
+    first_chat_rows,
+    make_config,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = (
@@ -64,34 +70,15 @@ liger_importable = pytest.mark.skipif(
 no_gpu_only = pytest.mark.skipif(liger_integration.gpu_available(), reason="checks the error without a GPU")
 
 
-def write_config(path: Path, model_dir: Path | str, extra: str, data: Path | str = "unused.jsonl") -> Path:
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-sequence_len: 256
-output_dir: {path.parent / "out"}
-dataset_prepared_path: {path.parent / "prepared"}
-{extra}"""
-    )
-    return path
-
-
-def config(tmp_path: Path, model_dir: Path | str, extra: str) -> FtkConfig:
-    cfg, _ = load_config(write_config(tmp_path / "cfg.yaml", model_dir, extra))
-    return cfg
+# Validation and kernel selection: no training keys unless a test sets them.
+BASE = dict(sequence_len=256, micro_batch_size=None, max_steps=None, seed=None)
 
 
 # --- config keys and checks -------------------------------------------------------------------------
 
 
-def test_keys_are_axolotl_top_level_switches_and_default_off(tmp_path):
-    cfg = config(
-        tmp_path,
-        "unused",
-        "liger_rope: true\nliger_rms_norm: false\nliger_fused_linear_cross_entropy: true\n",
-    )
+def test_keys_are_axolotl_top_level_switches_and_default_off():
+    cfg = make_config(liger_rope=True, liger_rms_norm=False, liger_fused_linear_cross_entropy=True)
     assert liger_plugin.selected_kernels(cfg) == {
         "liger_rope": True,
         "liger_rms_norm": False,
@@ -103,11 +90,12 @@ def test_keys_are_axolotl_top_level_switches_and_default_off(tmp_path):
     assert liger_plugin.summary_rows(cfg=cfg, trainer=None) == [
         ("liger kernels", "rope, fused_linear_cross_entropy")
     ]
-    assert liger_plugin.summary_rows(cfg=config(tmp_path, "unused", ""), trainer=None) == []
+    assert liger_plugin.summary_rows(cfg=make_config(), trainer=None) == []
 
 
 def test_bad_values_and_misspelled_keys_are_reported_with_their_lines(tmp_path):
-    path = write_config(tmp_path / "cfg.yaml", "unused", "liger_rope: maybe\nliger_rms_norms: true\n")
+    extra = "liger_rope: maybe\nliger_rms_norms: true\n"
+    path = write_config(tmp_path, "unused", "unused.jsonl", extra=extra, **BASE)
     with pytest.raises(FtkError) as error:
         load_config(path)
     line = path.read_text().splitlines().index("liger_rope: maybe") + 1
@@ -117,22 +105,22 @@ def test_bad_values_and_misspelled_keys_are_reported_with_their_lines(tmp_path):
     ]
 
 
-def test_the_fused_loss_hook_is_asked_before_the_default_and_passes_when_off(tmp_path):
+def test_the_fused_loss_hook_is_asked_before_the_default_and_passes_when_off():
     manager = builtin_manager()
     order = [impl.plugin_name for impl in reversed(manager.pm.hook.compute_loss.get_hookimpls())]
     assert order.index("liger") < order.index("loss") == len(order) - 1  # the default loss is trylast
-    cfg = config(tmp_path, "unused", "liger_rope: true\n")
+    cfg = make_config(liger_rope=True)
     assert liger_plugin.compute_loss(cfg=cfg, model=None, inputs={}) is None
 
 
 def test_no_kernels_means_no_work(tmp_path):
     # base_model does not exist: nothing may read it when no kernel is on.
-    assert liger_plugin.prepare_kernels(config(tmp_path, tmp_path / "missing", "liger_rope: false\n")) == {}
+    assert liger_plugin.prepare_kernels(make_config(base_model=tmp_path / "missing", liger_rope=False)) == {}
 
 
 def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
     extra = "liger_cross_entropy: true\nliger_fused_linear_cross_entropy: true\nchunked_cross_entropy: true\n"
-    path = write_config(tmp_path / "cfg.yaml", "unused", extra)
+    path = write_config(tmp_path, "unused", "unused.jsonl", extra=extra, **BASE)
     with pytest.raises(FtkError) as error:
         load_config(path)
     line = path.read_text().splitlines().index("liger_cross_entropy: true") + 1
@@ -143,14 +131,14 @@ def test_keys_that_contradict_others_are_reported_at_validation(tmp_path):
         "(both replace the loss); choose one",
     ]
     # chunked_cross_entropy is on by default: left unset, Liger's fused loss simply replaces it.
-    path = write_config(tmp_path / "cfg.yaml", "unused", "liger_fused_linear_cross_entropy: true\n")
+    path = write_config(tmp_path, "unused", "unused.jsonl", liger_fused_linear_cross_entropy=True, **BASE)
     cfg, _ = load_config(path)
     assert cfg.chunked_cross_entropy and liger_plugin.key_problems(cfg) == []
 
 
 @no_gpu_only
-def test_without_a_gpu_the_first_key_on_is_named(tmp_path):
-    cfg = config(tmp_path, "unused", "liger_glu_activation: true\nliger_rope: true\n")
+def test_without_a_gpu_the_first_key_on_is_named():
+    cfg = make_config(liger_glu_activation=True, liger_rope=True)
     with pytest.raises(FtkError) as error:
         liger_plugin.check_environment(cfg=cfg, purpose="train")
     assert str(error.value) == f"liger_rope: {NO_GPU}"
@@ -161,10 +149,12 @@ def test_without_a_gpu_the_first_key_on_is_named(tmp_path):
 def test_cli_train_stops_with_exit_code_2_before_loading_the_model(tmp_path, tiny_model_dir, capsys):
     data = first_chat_rows(tmp_path / "chat.jsonl", 4)
     path = write_config(
-        tmp_path / "cfg.yaml",
+        tmp_path,
         tiny_model_dir,
-        "excess_length_strategy: truncate\nliger_fused_linear_cross_entropy: true\n",
         data,
+        excess_length_strategy="truncate",
+        liger_fused_linear_cross_entropy=True,
+        **BASE,
     )
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
@@ -510,16 +500,14 @@ print(json.dumps(sorted({type(module).__name__ for module in result.model.module
 @pytest.mark.slow
 def test_training_with_every_kernel_on(tmp_path, tiny_model_dir):
     data = first_chat_rows(tmp_path / "chat.jsonl", 64)
-    path = write_config(
-        tmp_path / "cfg.yaml",
-        tiny_model_dir,
+    extra = (
         "adapter: lora\nlora_target_linear: true\nsample_packing: true\nexcess_length_strategy: truncate\n"
         "bf16: true\nmicro_batch_size: 2\n"
         "max_steps: 8\nlearning_rate: 5.0e-3\nlr_scheduler: constant\n"
         "liger_rope: true\nliger_rms_norm: true\nliger_glu_activation: true\n"
-        "liger_fused_linear_cross_entropy: true\n",
-        data,
+        "liger_fused_linear_cross_entropy: true\n"
     )
+    path = write_config(tmp_path, tiny_model_dir, data, extra=extra, **BASE)
     # A process of its own: Liger's patches cannot be undone and must not reach other tests.
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(path)], cwd=REPO, capture_output=True, text=True, timeout=600

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftk.core.config.loader import load_config
 from ftk.commands.train import run_training
+from ftk.core.config.loader import load_config
 from tests.helpers import first_chat_rows
 
 EPSILON = 0.1

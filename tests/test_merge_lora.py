@@ -12,20 +12,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftk.cli import main
-from ftk.core.config.loader import load_config
 from ftk.commands.train import run_training
+from ftk.core.config.loader import load_config
 from tests.helpers import token_mean_loss, write_alpaca_config
 
 NEW_TOKEN_ID = 151_646  # the first id after the tiny model's 151,646 tokens
 PROMPT = torch.tensor([[151644, 872, 198, 13048, NEW_TOKEN_ID, 151645, 198, 151644, 77091, 198]])
 
 
-def write_config(directory: Path, model_dir: Path, **keys) -> Path:
-    return write_alpaca_config(directory, model_dir, **{"seed": 5, **keys})
-
-
 def train(directory: Path, model_dir: Path, **keys):
-    cfg, manager = load_config(write_config(directory, model_dir, **keys))
+    cfg, manager = load_config(write_alpaca_config(directory, model_dir, seed=5, **keys))
     return run_training(cfg, manager)
 
 
@@ -42,9 +38,7 @@ def load_merged(path: Path):
 def lora_run(tiny_model_dir, tmp_path_factory):
     """A 3-step LoRA run that also adds a token (trained through its embedding row)."""
     directory = tmp_path_factory.mktemp("lora-run")
-    result = train(
-        directory, tiny_model_dir, adapter="lora", lora_target_linear="true", tokens='["<|new_a|>"]'
-    )
+    result = train(directory, tiny_model_dir, adapter="lora", lora_target_linear=True, tokens=["<|new_a|>"])
     return directory, result
 
 
@@ -84,7 +78,7 @@ def test_merge_refuses_to_overwrite_unless_forced(lora_run, tmp_path, capsys):
 
 
 def test_merge_without_an_adapter_is_a_clean_error(tmp_path, tiny_model_dir, capsys):
-    cfg = write_config(tmp_path, tiny_model_dir, adapter="lora")
+    cfg = write_alpaca_config(tmp_path, tiny_model_dir, seed=5, adapter="lora")
     (tmp_path / "out").mkdir()
     assert main(["merge-lora", str(cfg)]) == 2
     err = capsys.readouterr().err
@@ -94,7 +88,7 @@ def test_merge_without_an_adapter_is_a_clean_error(tmp_path, tiny_model_dir, cap
 
 @pytest.mark.slow
 def test_dora_run_trains_saves_use_dora_and_merges_exactly(tiny_model_dir, tmp_path):
-    result = train(tmp_path, tiny_model_dir, adapter="lora", lora_target_linear="true", peft_use_dora="true")
+    result = train(tmp_path, tiny_model_dir, adapter="lora", lora_target_linear=True, peft_use_dora=True)
     out = tmp_path / "out"
     assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
 
@@ -129,7 +123,7 @@ def padded_batch(rows) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_full_fine_tuning_saves_a_loadable_model_that_differs_from_the_base(tiny_model_dir, tmp_path):
-    train(tmp_path, tiny_model_dir, learning_rate="1.0e-3")
+    train(tmp_path, tiny_model_dir, learning_rate=1.0e-3)
     out = tmp_path / "out"
     assert not (out / "adapter_config.json").exists()
     saved = load_file(out / "model.safetensors")

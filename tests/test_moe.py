@@ -14,12 +14,11 @@ from transformers import AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausal
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
 from ftk.cli import main
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
-from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.model import load_base_model
 from ftk.core.step_metrics import StepMetrics
-from ftk.commands.train import run_training
 from ftk.plugins.lora import apply_lora
 from tests.helpers import builtin_manager, make_config, reference_loss, token_mean_loss
 
@@ -57,10 +56,6 @@ def moe_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
-def make_cfg(model_dir: Path | str, **keys) -> FtkConfig:
-    return make_config(base_model=model_dir, **keys)
-
-
 def load(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
@@ -78,7 +73,9 @@ def adapted(model) -> set[str]:
 
 
 def test_target_linear_adapts_attention_and_experts_but_not_the_router(moe_dir):
-    model = apply_lora(make_cfg(moe_dir, adapter="lora", lora_target_linear=True), load(moe_dir))
+    model = apply_lora(
+        make_config(base_model=moe_dir, adapter="lora", lora_target_linear=True), load(moe_dir)
+    )
     assert adapted(model) == {
         "self_attn.q_proj",
         "self_attn.k_proj",
@@ -94,25 +91,27 @@ def test_target_linear_adapts_attention_and_experts_but_not_the_router(moe_dir):
 
 
 def test_naming_the_router_adapts_it(moe_dir):
-    cfg = make_cfg(moe_dir, adapter="lora", lora_target_modules=["q_proj", "gate"])
+    cfg = make_config(base_model=moe_dir, adapter="lora", lora_target_modules=["q_proj", "gate"])
     model = apply_lora(cfg, load(moe_dir))
     assert adapted(model) == {"self_attn.q_proj", "mlp.gate.weight"}
 
 
 def test_transformers4_expert_names_reach_the_fused_experts(moe_dir):
-    cfg = make_cfg(moe_dir, adapter="lora", lora_target_modules=["gate_proj", "up_proj", "down_proj"])
+    cfg = make_config(
+        base_model=moe_dir, adapter="lora", lora_target_modules=["gate_proj", "up_proj", "down_proj"]
+    )
     model = apply_lora(cfg, load(moe_dir))
     assert adapted(model) == {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
 
 
 def test_half_of_a_fused_expert_weight_is_a_config_error(moe_dir):
-    cfg = make_cfg(moe_dir, adapter="lora", lora_target_modules=["q_proj", "gate_proj"])
+    cfg = make_config(base_model=moe_dir, adapter="lora", lora_target_modules=["q_proj", "gate_proj"])
     with pytest.raises(FtkError, match=r"^lora_target_modules: .*gate_proj.*up_proj"):
         apply_lora(cfg, load(moe_dir))
 
 
 def test_dora_on_fused_experts_is_a_config_error(moe_dir):
-    cfg = make_cfg(moe_dir, adapter="lora", lora_target_linear=True, peft_use_dora=True)
+    cfg = make_config(base_model=moe_dir, adapter="lora", lora_target_linear=True, peft_use_dora=True)
     with pytest.raises(FtkError, match=r"^peft_use_dora: DoRA cannot adapt fused expert weights"):
         apply_lora(cfg, load(moe_dir))
 
@@ -134,7 +133,7 @@ def test_dense_layers_peft_leaves_unadapted_are_reported(capsys):
         mlp_only_layers=[0],
     )
     model = apply_lora(
-        make_cfg("unused", adapter="lora", lora_target_linear=True), Qwen3MoeForCausalLM(config)
+        make_config(base_model="unused", adapter="lora", lora_target_linear=True), Qwen3MoeForCausalLM(config)
     )
     unadapted = [f"model.layers.0.mlp.{name}" for name in ("down_proj", "gate_proj", "up_proj")]
     assert not any(
@@ -175,7 +174,7 @@ def test_training_loss_adds_the_scaled_router_loss_and_reports_it(moe_dir, batch
     ce, aux = reference_losses(model, batch)
     assert aux > 0.5  # a real load-balancing loss (about 1 for balanced routing), not a zero
 
-    cfg = make_cfg(moe_dir, router_aux_loss_coef=0.5, gradient_accumulation_steps=2)
+    cfg = make_config(base_model=moe_dir, router_aux_loss_coef=0.5, gradient_accumulation_steps=2)
     metrics = StepMetrics()
     with torch.no_grad():
         loss = token_mean_loss(model, batch, None, cfg, metrics)
@@ -184,7 +183,7 @@ def test_training_loss_adds_the_scaled_router_loss_and_reports_it(moe_dir, batch
     assert metrics.pop_means() == {"router_aux_loss": pytest.approx(aux.item(), abs=1e-6)}
 
     with torch.no_grad():  # router_aux_loss_coef unset: the model's own coefficient
-        default = token_mean_loss(model, batch, None, make_cfg(moe_dir), StepMetrics())
+        default = token_mean_loss(model, batch, None, make_config(base_model=moe_dir), StepMetrics())
     assert model.config.router_aux_loss_coef == 0.001
     assert default.item() == pytest.approx((ce + 0.001 * aux).item(), abs=1e-6)
 
@@ -193,7 +192,7 @@ def test_evaluation_loss_is_plain_cross_entropy(moe_dir, batch):
     model = load(moe_dir).eval()
     ce, _ = reference_losses(model, batch)
     metrics = StepMetrics()
-    cfg = make_cfg(moe_dir, router_aux_loss_coef=0.5)
+    cfg = make_config(base_model=moe_dir, router_aux_loss_coef=0.5)
     with torch.no_grad():
         loss = token_mean_loss(model, batch, None, cfg, metrics)
     assert loss.item() == pytest.approx(ce.item(), abs=1e-6)
@@ -205,7 +204,9 @@ def test_coefficient_zero_turns_the_router_loss_off(moe_dir, batch):
     ce, _ = reference_losses(model, batch)
     metrics = StepMetrics()
     with torch.no_grad():
-        loss = token_mean_loss(model, batch, None, make_cfg(moe_dir, router_aux_loss_coef=0.0), metrics)
+        loss = token_mean_loss(
+            model, batch, None, make_config(base_model=moe_dir, router_aux_loss_coef=0.0), metrics
+        )
     assert loss.item() == pytest.approx(ce.item(), abs=1e-6)
     assert metrics.pop_means() == {}
 
@@ -213,11 +214,16 @@ def test_coefficient_zero_turns_the_router_loss_off(moe_dir, batch):
 def test_model_loading_turns_router_logits_on_for_moe_only(moe_dir, tiny_model_dir, tokenizer):
     assert load(moe_dir).config.output_router_logits is False  # the model's own default
     hooks = builtin_manager().hooks
-    assert load_base_model(make_cfg(moe_dir), hooks, tokenizer, "train").config.output_router_logits is True
-    off = load_base_model(make_cfg(moe_dir, router_aux_loss_coef=0.0), hooks, tokenizer, "train")
+    on = load_base_model(make_config(base_model=moe_dir), hooks, tokenizer, "train")
+    assert on.config.output_router_logits is True
+    off = load_base_model(
+        make_config(base_model=moe_dir, router_aux_loss_coef=0.0), hooks, tokenizer, "train"
+    )
     assert off.config.output_router_logits is False
     with pytest.raises(FtkError, match=r"^router_aux_loss_coef: 'qwen3' models have no router"):
-        load_base_model(make_cfg(tiny_model_dir, router_aux_loss_coef=0.01), hooks, tokenizer, "train")
+        load_base_model(
+            make_config(base_model=tiny_model_dir, router_aux_loss_coef=0.01), hooks, tokenizer, "train"
+        )
 
 
 @pytest.mark.slow

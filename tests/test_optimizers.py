@@ -10,17 +10,13 @@ import pytest
 import torch
 from transformers.optimization import Adafactor
 
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.commands.train import run_training
 from ftk.core.trainer import build_optimizer, build_scheduler, parameter_groups, warmup_steps
 from ftk.plugins.optimizers import import_optional
-from tests.helpers import builtin_manager, first_chat_rows, make_config
-
-
-def config(**keys) -> FtkConfig:
-    return make_config(**keys)
+from tests.helpers import builtin_manager, first_chat_rows, make_config, write_config
 
 
 def create_optimizer(cfg: FtkConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -68,7 +64,7 @@ def test_weight_decay_skips_biases_norms_and_one_dimensional_params():
 @pytest.mark.parametrize("name", ["adamw_torch", "adamw_torch_fused"])
 def test_adamw_first_step_follows_the_config(name):
     lr, wd, eps = 0.01, 0.2, 0.5  # a large eps so that it visibly shapes the step
-    cfg = config(optimizer=name, learning_rate=lr, weight_decay=wd, adam_epsilon=eps, adam_beta1=0.8)
+    cfg = make_config(optimizer=name, learning_rate=lr, weight_decay=wd, adam_epsilon=eps, adam_beta1=0.8)
     model = with_grads(Small())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = create_optimizer(cfg=cfg, model=model)
@@ -92,7 +88,7 @@ def test_adamw_first_step_follows_the_config(name):
 def test_fused_adamw_falls_back_with_a_note_where_the_device_has_no_kernel(capsys):
     with torch.device("meta"):
         model = torch.nn.Linear(4, 4)
-    optimizer = create_optimizer(cfg=config(optimizer="adamw_torch_fused"), model=model)
+    optimizer = create_optimizer(cfg=make_config(optimizer="adamw_torch_fused"), model=model)
     assert type(optimizer) is torch.optim.AdamW
     assert not optimizer.param_groups[0]["fused"]
     err = capsys.readouterr().err
@@ -105,7 +101,7 @@ def test_sgd_uses_momentum_0_9():
     model = with_grads(torch.nn.Linear(3, 2))
     start = model.weight.detach().clone()
     g = model.weight.grad.clone()
-    optimizer = create_optimizer(cfg=config(optimizer="sgd", learning_rate=lr), model=model)
+    optimizer = create_optimizer(cfg=make_config(optimizer="sgd", learning_rate=lr), model=model)
     assert type(optimizer) is torch.optim.SGD
     optimizer.step()
     optimizer.step()  # same gradient: the momentum buffer is g, then 0.9 * g + g
@@ -116,7 +112,7 @@ def test_adafactor_steps_at_the_configured_learning_rate():
     lr = 0.003
     model = with_grads(torch.nn.Linear(3, 2))
     start = model.bias.detach().clone()
-    optimizer = create_optimizer(cfg=config(optimizer="adafactor", learning_rate=lr), model=model)
+    optimizer = create_optimizer(cfg=make_config(optimizer="adafactor", learning_rate=lr), model=model)
     assert type(optimizer) is Adafactor
     optimizer.step()
     # First step on a vector: the second moment is g**2, so the update is lr * sign(g), unscaled.
@@ -126,7 +122,7 @@ def test_adafactor_steps_at_the_configured_learning_rate():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without a GPU")
 def test_bnb_8bit_without_a_gpu_is_a_config_error():
     with pytest.raises(FtkError) as caught:
-        create_optimizer(cfg=config(optimizer="adamw_bnb_8bit"), model=torch.nn.Linear(2, 2))
+        create_optimizer(cfg=make_config(optimizer="adamw_bnb_8bit"), model=torch.nn.Linear(2, 2))
     assert str(caught.value) == (
         "optimizer: adamw_bnb_8bit needs a CUDA GPU and none is available; use adamw_torch"
     )
@@ -135,7 +131,7 @@ def test_bnb_8bit_without_a_gpu_is_a_config_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bnb_8bit_on_a_gpu_builds_adamw8bit_or_says_how_to_install_it():
     model = torch.nn.Sequential(torch.nn.Embedding(300, 64), torch.nn.Linear(64, 64)).cuda()
-    cfg = config(optimizer="adamw_bnb_8bit", learning_rate=1e-3)
+    cfg = make_config(optimizer="adamw_bnb_8bit", learning_rate=1e-3)
     try:
         import bitsandbytes  # noqa: F401
     except ModuleNotFoundError:
@@ -164,7 +160,7 @@ def test_missing_optional_package_names_the_key_and_the_extra():
 def test_a_model_without_trainable_parameters_is_an_error():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(FtkError, match="^optimizer: the model has no trainable parameters$"):
-        create_optimizer(cfg=config(), model=model)
+        create_optimizer(cfg=make_config(), model=model)
 
 
 # --- schedules ----------------------------------------------------------------------------
@@ -205,7 +201,7 @@ def formula(step: int, shape: str, warmup: int, total: int, floor: float) -> flo
     [({"warmup_steps": 2}, 10, 2), ({"warmup_ratio": 0.25}, 11, 3)],
 )
 def test_schedule_values(shape, floor, warmup_key, total, warmup):
-    cfg = config(learning_rate=PEAK, lr_scheduler=shape, min_lr_ratio=floor, **warmup_key)
+    cfg = make_config(learning_rate=PEAK, lr_scheduler=shape, min_lr_ratio=floor, **warmup_key)
     lrs = lr_curve(cfg, total)
     middle = warmup + (total - warmup) // 2
     decays = shape != "constant"
@@ -229,32 +225,32 @@ def test_schedule_values(shape, floor, warmup_key, total, warmup):
 
 
 def test_warmup_length():
-    assert warmup_steps(config(), 100) == 0
-    assert warmup_steps(config(warmup_steps=7), 100) == 7
-    assert warmup_steps(config(warmup_ratio=0.25), 11) == 3  # rounded up
-    assert warmup_steps(config(warmup_ratio=0.1), 30) == 3  # 0.1 * 30 is 3.0000000000000004 in floats
+    assert warmup_steps(make_config(), 100) == 0
+    assert warmup_steps(make_config(warmup_steps=7), 100) == 7
+    assert warmup_steps(make_config(warmup_ratio=0.25), 11) == 3  # rounded up
+    assert warmup_steps(make_config(warmup_ratio=0.1), 30) == 3  # 0.1 * 30 is 3.0000000000000004 in floats
 
 
 def test_without_warmup_the_first_step_runs_at_the_peak():
-    assert lr_curve(config(learning_rate=PEAK, lr_scheduler="linear"), 4)[:2] == pytest.approx(
+    assert lr_curve(make_config(learning_rate=PEAK, lr_scheduler="linear"), 4)[:2] == pytest.approx(
         [PEAK, PEAK * 3 / 4], rel=1e-12
     )
 
 
 def test_constant_ignores_min_lr_ratio_and_says_so(capsys):
-    lrs = lr_curve(config(learning_rate=PEAK, lr_scheduler="constant", min_lr_ratio=0.5), 5)
+    lrs = lr_curve(make_config(learning_rate=PEAK, lr_scheduler="constant", min_lr_ratio=0.5), 5)
     assert lrs == [PEAK] * 6
     assert "note: min_lr_ratio does not apply to lr_scheduler: constant; ignored" in capsys.readouterr().err
 
 
 def test_warmup_as_long_as_the_run_is_noted(capsys):
-    lrs = lr_curve(config(learning_rate=PEAK, warmup_steps=8), 4)
+    lrs = lr_curve(make_config(learning_rate=PEAK, warmup_steps=8), 4)
     assert lrs == pytest.approx([0.0, PEAK / 8, PEAK * 2 / 8, PEAK * 3 / 8, PEAK * 4 / 8], rel=1e-12)
     assert "warmup (8 steps) is not shorter than the run (4 steps)" in capsys.readouterr().err
 
 
 def test_a_restored_schedule_continues_where_it_stopped():
-    cfg = config(learning_rate=PEAK, lr_scheduler="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    cfg = make_config(learning_rate=PEAK, lr_scheduler="cosine", warmup_steps=2, min_lr_ratio=0.1)
 
     def build():
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
@@ -283,25 +279,10 @@ def few_chats(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 8)
 
 
-def train(tmp_path: Path, model_dir: Path, data: Path, extra: str) -> list[dict]:
-    """Run a 5-step LoRA fine-tune with ``extra`` config lines; return the logged training entries."""
-    path = tmp_path / "cfg.yaml"
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-    type: chat_template
-adapter: lora
-lora_target_linear: true
-sequence_len: 512
-micro_batch_size: 2
-max_steps: 5
-seed: 3
-output_dir: {tmp_path / "out"}
-dataset_prepared_path: {tmp_path / "prepared"}
-"""
-        + extra
+def train(tmp_path: Path, model_dir: Path, data: Path, **keys) -> list[dict]:
+    """Run a 5-step LoRA fine-tune with ``keys`` added to the config; return the logged training entries."""
+    path = write_config(
+        tmp_path, model_dir, data, adapter="lora", lora_target_linear=True, max_steps=5, **keys
     )
     cfg, manager = load_config(path)
     result = run_training(cfg, manager)
@@ -312,8 +293,8 @@ dataset_prepared_path: {tmp_path / "prepared"}
 
 @pytest.mark.slow
 def test_training_logs_the_builtin_schedule(tmp_path, tiny_model_dir, few_chats):
-    extra = "learning_rate: 1.0e-3\nlr_scheduler: cosine\nwarmup_steps: 1\nmin_lr_ratio: 0.1\n"
-    logs = train(tmp_path, tiny_model_dir, few_chats, extra)
+    schedule = {"learning_rate": 1.0e-3, "lr_scheduler": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}
+    logs = train(tmp_path, tiny_model_dir, few_chats, **schedule)
     assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]
     # Logged step k trained at the rate of optimizer step k - 1: warmup from 0, the peak, then
     # cosine decay over 4 steps towards 0.1 of the peak, half way (0.55) at step 3.

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.packing import (
@@ -19,7 +20,6 @@ from ftk.core.data.packing import (
     pack_lengths,
     packing_efficiency,
 )
-from ftk.commands.train import run_training
 from tests.helpers import token_mean_loss
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,9 @@ from pydantic import ValidationError
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ftk.cli import main
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
 from ftk.core.errors import FtkError
-from ftk.core.plugins import BUILTIN_PLUGINS
-from ftk.commands.train import run_training
 from ftk.plugins import profiling
 from ftk.plugins.profiling import (
     ProfilerSettings,
@@ -24,10 +23,8 @@ from ftk.plugins.profiling import (
     render_text,
     top_ops_tables,
 )
-from tests.helpers import first_chat_rows
+from tests.helpers import first_chat_rows, write_config
 
-# Until "profiling" is a built-in, configs load it by module path (naming a built-in there fails).
-PLUGINS_LINE = "" if "profiling" in BUILTIN_PLUGINS else "plugins: [ftk.plugins.profiling]"
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "aten::linear"}
 
 
@@ -36,37 +33,26 @@ def chat16(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
-def write_config(path: Path, model_dir: Path | str, data: Path | str, out: Path, extra: str) -> Path:
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-{PLUGINS_LINE}
-adapter: lora
-lora_r: 4
-lora_alpha: 8
-lora_target_linear: true
-sequence_len: 128
-excess_length_strategy: truncate
-micro_batch_size: 1
-gradient_accumulation_steps: 1
-max_steps: 4
-learning_rate: 1.0e-3
-seed: 3
-output_dir: {out}
-dataset_prepared_path: {out.parent / "prepared"}
-{extra}"""
-    )
-    return path
+# A 4-step LoRA run of one row a step.
+BASE = dict(
+    adapter="lora",
+    lora_r=4,
+    lora_alpha=8,
+    lora_target_linear=True,
+    sequence_len=128,
+    excess_length_strategy="truncate",
+    micro_batch_size=1,
+    gradient_accumulation_steps=1,
+    max_steps=4,
+    learning_rate=1.0e-3,
+)
 
 
 def train(tmp_path: Path, model_dir: Path, data: Path, extra: str) -> Path:
-    out = tmp_path / "out"
-    cfg, manager = load_config(write_config(tmp_path / "c.yaml", model_dir, data, out, extra))
+    cfg, manager = load_config(write_config(tmp_path, model_dir, data, "c.yaml", extra, **BASE))
     result = run_training(cfg, manager)
     assert result.global_step == 4
-    return out / "profiler"
+    return tmp_path / "out" / "profiler"
 
 
 def table_rows(text: str, title: str) -> list[list[str]]:
@@ -202,9 +188,7 @@ def test_format_bytes(count, shown):
 
 def test_the_keys_validate_and_load(tmp_path):
     extra = "profiler_steps_start: 3\nprofiler_steps: 2\nprofiler:\n  row_limit: 5\n  with_stack: true\n"
-    cfg, _ = load_config(
-        write_config(tmp_path / "c.yaml", "some/model", "data.jsonl", tmp_path / "out", extra)
-    )
+    cfg, _ = load_config(write_config(tmp_path, "some/model", "data.jsonl", "c.yaml", extra, **BASE))
     window = profiling.profile_window(cfg)
     assert (window.start, window.steps, window.end) == (3, 2, 5)
     assert window.settings == ProfilerSettings(row_limit=5, with_stack=True)
@@ -212,15 +196,11 @@ def test_the_keys_validate_and_load(tmp_path):
     (callback,) = profiling.trainer_callbacks(cfg)
     assert callback.directory == tmp_path / "out" / "profiler"
 
-    plain, _ = load_config(
-        write_config(tmp_path / "p.yaml", "some/model", "data.jsonl", tmp_path / "out", "")
-    )
+    plain, _ = load_config(write_config(tmp_path, "some/model", "data.jsonl", "p.yaml", **BASE))
     assert profiling.profile_window(plain) is None
     assert profiling.trainer_callbacks(plain) == []
     defaults = profiling.profile_window(
-        load_config(
-            write_config(tmp_path / "d.yaml", "m", "d.jsonl", tmp_path / "out", "profiler_steps: 1\n")
-        )[0]
+        load_config(write_config(tmp_path, "m", "d.jsonl", "d.yaml", "profiler_steps: 1\n", **BASE))[0]
     )
     assert (defaults.start, defaults.steps, defaults.settings) == (0, 1, ProfilerSettings())
     assert defaults.describe() == "step 1"
@@ -242,7 +222,7 @@ def test_the_keys_validate_and_load(tmp_path):
     ],
 )
 def test_bad_keys_fail_validation_with_exit_code_2(tmp_path, capsys, extra, message):
-    config = write_config(tmp_path / "c.yaml", "some/model", "data.jsonl", tmp_path / "out", extra)
+    config = write_config(tmp_path, "some/model", "data.jsonl", "c.yaml", extra, **BASE)
     assert main(["validate", str(config)]) == 2
     assert message in capsys.readouterr().err
 
@@ -252,7 +232,7 @@ def test_bad_keys_fail_validation_with_exit_code_2(tmp_path, capsys, extra, mess
     [("profiler_steps_start: 3\n", "profiler_steps_start"), ("profiler:\n  row_limit: 3\n", "profiler")],
 )
 def test_settings_without_profiler_steps_are_a_config_error(tmp_path, capsys, extra, key):
-    config = write_config(tmp_path / "c.yaml", "some/model", "data.jsonl", tmp_path / "out", extra)
+    config = write_config(tmp_path, "some/model", "data.jsonl", "c.yaml", extra, **BASE)
     assert main(["validate", str(config)]) == 2
     assert "c.yaml:" in capsys.readouterr().err
     with pytest.raises(FtkError, match=rf"c.yaml:\d+: {key}: set profiler_steps to profile"):

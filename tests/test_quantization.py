@@ -17,15 +17,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from ftk.cli import main
+from ftk.commands.train import run_training
 from ftk.core.config.loader import dump_config, load_config
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
-from ftk.commands.train import run_training
 from ftk.integrations import bnb, torchao
 from ftk.plugins import lora, quantization
 from ftk.plugins.hf_model import model_dtype
 from ftk.plugins.quantization import QuantizationConfig, quantization_config, require_package, resolve
-from tests.helpers import first_chat_rows
+from tests.helpers import first_chat_rows, line_of, write_config
 
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -38,21 +38,21 @@ def chat16(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
-def write_config(
-    tmp_path: Path, body: str, base_model: Path | str = "some/model", data: Path | str = "data.jsonl"
-) -> Path:
-    path = tmp_path / "cfg.yaml"
-    path.write_text(
-        f"base_model: {base_model}\ndatasets:\n  - path: {data}\n"
-        f"sequence_len: 384\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
-        + body
-    )
-    return path
+# Validation only: no training keys unless a test sets them.
+BASE = dict(sequence_len=384, micro_batch_size=None, max_steps=None, seed=None)
+# Short LoRA runs: 2-row steps at a constant learning rate, seed 3.
+RUN = dict(
+    sequence_len=384,
+    max_steps=None,
+    lora_target_linear=True,
+    learning_rate=1.0e-2,
+    lr_scheduler="constant",
+    bf16=torch.cuda.is_available(),
+)
 
 
 def config(tmp_path: Path, body: str) -> FtkConfig:
-    cfg, _ = load_config(write_config(tmp_path, body))
-    return cfg
+    return load_config(write_config(tmp_path, "some/model", "data.jsonl", extra=body, **BASE))[0]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -190,15 +190,10 @@ def test_a_merge_loads_the_base_in_full_precision(tmp_path):
     ],
 )
 def test_a_bad_key_fails_validation_with_its_line(tmp_path, capsys, body, message):
-    path = write_config(tmp_path, "adapter: lora\n" + body)
+    path = write_config(tmp_path, "some/model", "data.jsonl", extra="adapter: lora\n" + body, **BASE)
     assert main(["validate", str(path)]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {path}:") and message in line
-
-
-def line_of(path: Path, key: str) -> int:
-    """The 1-based line of ``path`` where the top-level ``key`` is set."""
-    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(f"{key}:"))
 
 
 @pytest.mark.parametrize(
@@ -237,7 +232,7 @@ def line_of(path: Path, key: str) -> int:
     ],
 )
 def test_keys_that_cannot_work_together_fail_validation(tmp_path, capsys, body, key, message):
-    path = write_config(tmp_path, body)
+    path = write_config(tmp_path, "some/model", "data.jsonl", extra=body, **BASE)
     assert main(["validate", str(path)]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {path}:{line_of(path, key)}: {key}: {message}"]
 
@@ -253,7 +248,7 @@ def test_qlora_needs_a_4bit_base(tmp_path):
 
 
 def test_train_stops_at_validation_with_every_problem(tmp_path, capsys):
-    path = write_config(tmp_path, "load_in_4bit: true\nload_in_8bit: true\n")
+    path = write_config(tmp_path, "some/model", "data.jsonl", load_in_4bit=True, load_in_8bit=True, **BASE)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert error_lines(err) == [
@@ -266,7 +261,8 @@ def test_train_stops_at_validation_with_every_problem(tmp_path, capsys):
 
 @pytest.mark.skipif(HAS_BNB, reason="bitsandbytes is installed")
 def test_train_without_bitsandbytes_says_how_to_install_it(tmp_path, tiny_model_dir, chat16, capsys):
-    path = write_config(tmp_path, "adapter: lora\nload_in_8bit: true\nmax_steps: 1\n", tiny_model_dir, chat16)
+    body = "adapter: lora\nload_in_8bit: true\nmax_steps: 1\n"
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra=body, **BASE)
     assert main(["train", str(path)]) == 2
     assert error_lines(capsys.readouterr().err) == [
         "error: load_in_8bit: needs bitsandbytes: pip install 'ftk[bnb]'"
@@ -276,7 +272,7 @@ def test_train_without_bitsandbytes_says_how_to_install_it(tmp_path, tiny_model_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message names the GPU's capability")
 def test_train_float8_matmuls_without_a_gpu_exits_2(tmp_path, tiny_model_dir, chat16, capsys):
     body = "adapter: lora\nquantization:\n  method: float8_dynamic_activation_float8_weight\n"
-    path = write_config(tmp_path, body, tiny_model_dir, chat16)
+    path = write_config(tmp_path, tiny_model_dir, chat16, extra=body, **BASE)
     assert main(["train", str(path)]) == 2
     assert error_lines(capsys.readouterr().err) == [
         "error: quantization.method: float8_dynamic_activation_float8_weight needs a CUDA GPU of compute "
@@ -407,17 +403,6 @@ def test_lora_trains_on_an_int8_weight_only_base(tmp_path, tiny_model_dir, capsy
         torch.testing.assert_close(reloaded.eval()(input_ids=IDS).logits, model.eval()(input_ids=IDS).logits)
 
 
-def run_config(tmp_path: Path, model_dir: Path, data: Path, body: str) -> Path:
-    bf16 = "true" if torch.cuda.is_available() else "false"
-    return write_config(
-        tmp_path,
-        "lora_target_linear: true\nmicro_batch_size: 2\nlearning_rate: 1.0e-2\nlr_scheduler: constant\n"
-        f"seed: 3\nbf16: {bf16}\n" + body,
-        model_dir,
-        data,
-    )
-
-
 def check_run(tmp_path: Path, model_dir: Path, cfg: FtkConfig, result, steps: int, described: str) -> None:
     """The run logged finite losses, saved a trained adapter that reloads exactly, and says how it quantized."""
     out = tmp_path / "out"
@@ -441,7 +426,7 @@ def test_lora_run_on_an_int8_weight_only_base_trains_and_saves(tmp_path, tiny_mo
     from torchao.quantization import Int8Tensor
 
     body = "adapter: lora\nmax_steps: 2\nquantization:\n  backend: torchao\n  method: int8_weight_only\n"
-    cfg, manager = load_config(run_config(tmp_path, tiny_model_dir, chat16, body))
+    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, chat16, extra=body, **RUN))
     result = run_training(cfg, manager)
     q_proj = result.model.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer.weight, Int8Tensor)
@@ -471,7 +456,9 @@ def test_lora_run_on_a_bitsandbytes_base_trains_and_reloads(
     tmp_path, tiny_model_dir, chat16, body, layer, described
 ):
     """Runs on a CUDA GPU, or on CPU with bitsandbytes >= 0.46.1 (its CPU backend trains too, slowly)."""
-    cfg, manager = load_config(run_config(tmp_path, tiny_model_dir, chat16, body + "max_steps: 3\n"))
+    cfg, manager = load_config(
+        write_config(tmp_path, tiny_model_dir, chat16, extra=body + "max_steps: 3\n", **RUN)
+    )
     result = run_training(cfg, manager)
     q_proj = result.model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.base_layer).__name__ == layer

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from ftk.cli import main
+from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
 from ftk.core.errors import FtkError
-from ftk.commands.train import run_training
 from tests.fixture_plugins import registrations
 from tests.helpers import first_chat_rows, write_config
 

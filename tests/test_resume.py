@@ -15,9 +15,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from ftk.cli import main
-from ftk.core.config.loader import load_config
 from ftk.commands.train import run_training
-from tests.helpers import first_chat_rows
+from ftk.core.config.loader import load_config
+from tests.helpers import first_chat_rows, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,31 +30,22 @@ def chat16(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 16)
 
 
-def write_config(path: Path, model_dir: Path, data: Path, out: Path, extra: str = "") -> Path:
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-adapter: lora
-lora_r: 4
-lora_alpha: 8
-lora_dropout: 0.1
-lora_target_linear: true
-sequence_len: 256
-excess_length_strategy: truncate
-micro_batch_size: 2
-gradient_accumulation_steps: 2
-max_steps: 6
-learning_rate: 3.0e-3
-lr_scheduler: cosine
-warmup_steps: 2
-seed: 3
-output_dir: {out}
-dataset_prepared_path: {out.parent / "prepared"}
-{extra}"""
-    )
-    return path
+# A 6-step LoRA run of 4-row steps (2 x 2) on a cosine schedule; run_events stops or breaks a run on cue.
+BASE = dict(
+    adapter="lora",
+    lora_r=4,
+    lora_alpha=8,
+    lora_dropout=0.1,
+    lora_target_linear=True,
+    sequence_len=256,
+    excess_length_strategy="truncate",
+    gradient_accumulation_steps=2,
+    max_steps=6,
+    learning_rate=3.0e-3,
+    lr_scheduler="cosine",
+    warmup_steps=2,
+)
+EVENTS = ["tests.fixture_plugins.run_events"]
 
 
 def train_losses(out: Path) -> dict[int, float]:
@@ -75,22 +66,24 @@ def run(config: Path, *overrides: str) -> int:
 def test_stop_and_resume_reproduces_the_uninterrupted_losses(
     tmp_path, tiny_model_dir, chat16, packing, stop_at
 ):
-    packing_line = f"sample_packing: {str(packing).lower()}\n"
+    keys = {**BASE, "sample_packing": packing}
     straight_out = tmp_path / "straight"
-    straight = write_config(tmp_path / "straight.yaml", tiny_model_dir, chat16, straight_out, packing_line)
+    straight = write_config(
+        tmp_path, tiny_model_dir, chat16, "straight.yaml", output_dir=straight_out, **keys
+    )
     assert run(straight) == 0
     expected = train_losses(straight_out)
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
 
     out = tmp_path / "resumed"
-    events = f"plugins: [tests.fixture_plugins.run_events]\nevents:\n  signal_at_step: {stop_at}\n"
-    stopped = write_config(tmp_path / "stopped.yaml", tiny_model_dir, chat16, out, packing_line + events)
+    events = {"plugins": EVENTS, "events": {"signal_at_step": stop_at}}
+    stopped = write_config(tmp_path, tiny_model_dir, chat16, "stopped.yaml", output_dir=out, **keys, **events)
     assert run(stopped) == 0
     assert (out / f"checkpoint-{stop_at}" / "trainer_state.json").is_file()
     assert not (out / "adapter_model.safetensors").exists()  # a stopped run saves no final model
     assert sorted(train_losses(out)) == list(range(1, stop_at + 1))
 
-    resumed = write_config(tmp_path / "resumed.yaml", tiny_model_dir, chat16, out, packing_line)
+    resumed = write_config(tmp_path, tiny_model_dir, chat16, "resumed.yaml", output_dir=out, **keys)
     assert run(resumed, "--auto_resume", "true") == 0
     got = train_losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
@@ -101,8 +94,9 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, tiny_model_dir, chat16, capsys):
     out = tmp_path / "out"
-    events = "plugins: [tests.fixture_plugins.run_events]\nevents:\n  signal_at_step: 2\n"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
+    config = write_config(
+        tmp_path, tiny_model_dir, chat16, plugins=EVENTS, events={"signal_at_step": 2}, **BASE
+    )
     assert run(config) == 0
     checkpoint = out / "checkpoint-2"
     assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {
@@ -121,10 +115,8 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
     tmp_path, tiny_model_dir, chat16
 ):
     out = tmp_path / "out"
-    events = (
-        "plugins: [tests.fixture_plugins.run_events]\nevents:\n  kill_while_saving_step: 4\nsave_steps: 2\n"
-    )
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
+    events = {"plugins": EVENTS, "events": {"kill_while_saving_step": 4}, "save_steps": 2}
+    config = write_config(tmp_path, tiny_model_dir, chat16, **BASE, **events)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.run(
         [sys.executable, "-m", "ftk.cli", "train", str(config), "--lr_scheduler", "kill_while_saving"],
@@ -142,7 +134,7 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
     PeftModel.from_pretrained(base, out / "checkpoint-2")
 
     again = write_config(
-        tmp_path / "again.yaml", tiny_model_dir, chat16, out, "save_steps: 2\nauto_resume: true\n"
+        tmp_path, tiny_model_dir, chat16, "again.yaml", save_steps=2, auto_resume=True, **BASE
     )
     cfg, manager = load_config(again)
     result = run_training(cfg, manager)
@@ -156,8 +148,8 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
     tmp_path, tiny_model_dir, chat16, capsys
 ):
     out = tmp_path / "out"
-    events = "plugins: [tests.fixture_plugins.run_events]\nevents:\n  nan_at_step: 5\nsave_steps: 2\n"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
+    events = {"plugins": EVENTS, "events": {"nan_at_step": 5}, "save_steps": 2}
+    config = write_config(tmp_path, tiny_model_dir, chat16, **BASE, **events)
     assert run(config) == 1
     message = capsys.readouterr().err
     assert "training diverged, step 5: loss nan" in message
@@ -168,9 +160,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_out_of_memory_names_what_to_lower(tmp_path, tiny_model_dir, chat16, capsys):
-    out = tmp_path / "out"
-    events = "plugins: [tests.fixture_plugins.run_events]\nevents:\n  oom_at_step: 2\n"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, chat16, out, events)
+    config = write_config(tmp_path, tiny_model_dir, chat16, plugins=EVENTS, events={"oom_at_step": 2}, **BASE)
     assert run(config) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +14,6 @@ from rich.console import Console
 from transformers import TrainerState
 
 from ftk import __version__
-from ftk.core.config.schema import FtkConfig
 from ftk.core.plugins import FtkPluginManager
 from ftk.plugins import run_report
 from ftk.plugins.run_report.plot import LossSeries, loss_series, moving_average, plot_title, write_loss_plot
@@ -29,6 +27,7 @@ from ftk.plugins.run_report.summary import (
     train_loss_trend,
     write_summary,
 )
+from tests.helpers import make_config
 
 NAN, INF = float("nan"), float("inf")
 
@@ -93,10 +92,6 @@ LOG_HISTORY = [
     {"eval_loss": 1.75, "eval_runtime": 0.5, "epoch": 0.6, "step": 12},
     {"train_runtime": 83.4, "train_loss": 1.5, "total_flos": 1.0, "epoch": 0.6, "step": 12},
 ]
-
-
-def make_cfg(output_dir: Path, base_model: str = "Qwen/Qwen3-0.6B") -> FtkConfig:
-    return FtkConfig(base_model=base_model, datasets=[{"path": "data.jsonl"}], output_dir=str(output_dir))
 
 
 def fake_trainer(log_history: list[dict], **state: object) -> SimpleNamespace:
@@ -181,8 +176,10 @@ def test_no_plot_when_no_finite_loss_was_logged(tmp_path, history):
 def test_plot_title_names_a_local_model_by_its_folder(tmp_path):
     local = tmp_path / "models" / "Qwen3-mini"
     local.mkdir(parents=True)
-    assert plot_title(make_cfg(tmp_path, base_model=f"{local}/")) == "loss: Qwen3-mini"
-    assert plot_title(make_cfg(tmp_path, base_model="Qwen/Qwen3-0.6B")) == "loss: Qwen/Qwen3-0.6B"
+    assert plot_title(make_config(base_model=f"{local}/", output_dir=tmp_path)) == "loss: Qwen3-mini"
+    assert (
+        plot_title(make_config(base_model="Qwen/Qwen3-0.6B", output_dir=tmp_path)) == "loss: Qwen/Qwen3-0.6B"
+    )
 
 
 # --- the plugin's hooks --------------------------------------------------------------------------
@@ -195,7 +192,7 @@ def test_run_report_plugin_implements_the_report_hook():
 
 
 def test_run_finished_writes_loss_png_and_the_summary_into_output_dir(tmp_path, capsys):
-    cfg = make_cfg(tmp_path / "out")
+    cfg = make_config(output_dir=tmp_path / "out")
     trainer = fake_trainer(LOG_HISTORY, global_step=12)
     run_report.run_finished(cfg=cfg, trainer=trainer, status="finished", rows=[("plugin row", "value")])
 
@@ -212,14 +209,14 @@ def test_run_finished_writes_loss_png_and_the_summary_into_output_dir(tmp_path, 
 
 
 def test_only_the_main_process_writes_reports(tmp_path):
-    cfg = make_cfg(tmp_path)
+    cfg = make_config(output_dir=tmp_path)
     trainer = fake_trainer(LOG_HISTORY, is_world_process_zero=False)
     run_report.run_finished(cfg=cfg, trainer=trainer, status="finished", rows=[])
     assert not (tmp_path / "loss.png").exists() and not (tmp_path / "summary.md").exists()
 
 
 def test_no_loss_plot_row_for_a_run_without_loss(tmp_path):
-    cfg = make_cfg(tmp_path)
+    cfg = make_config(output_dir=tmp_path)
     write_loss_plot(LOG_HISTORY, tmp_path / "loss.png", "an earlier run")
     run_report.run_finished(cfg=cfg, trainer=fake_trainer([]), status="finished", rows=[])
     assert "loss plot" not in (tmp_path / "summary.md").read_text()
@@ -280,7 +277,10 @@ def test_summary_rows_of_a_finished_run(tmp_path):
         best_model_checkpoint=str(tmp_path / "checkpoint-6"),
     )
     rows = summary_rows(
-        make_cfg(tmp_path), trainer, "finished", extra_rows=[("advice", "loss still falling: train longer")]
+        make_config(output_dir=tmp_path),
+        trainer,
+        "finished",
+        extra_rows=[("advice", "loss still falling: train longer")],
     )
 
     rows, memory = split_memory_row(rows)
@@ -309,7 +309,7 @@ def test_summary_rows_of_a_run_stopped_early_leave_out_what_it_did_not_produce(t
         {"loss": NAN, "num_tokens": 1000, "tokens_per_second": 50.0, "step": 2},
     ]
     trainer = fake_trainer(history, global_step=2, max_steps=100, epoch=0.02)
-    rows, _ = split_memory_row(summary_rows(make_cfg(tmp_path), trainer, "diverged at step 2"))
+    rows, _ = split_memory_row(summary_rows(make_config(output_dir=tmp_path), trainer, "diverged at step 2"))
     assert rows == [
         ("status", "diverged at step 2"),
         ("optimizer steps", "2 of 100"),
@@ -324,7 +324,7 @@ def test_summary_rows_of_a_run_stopped_early_leave_out_what_it_did_not_produce(t
 def test_best_eval_loss_skips_non_finite_values_and_large_perplexity_stays_readable(tmp_path):
     history = [{"eval_loss": 20.0, "step": 5}, {"eval_loss": NAN, "step": 10}]
     rows, _ = split_memory_row(
-        summary_rows(make_cfg(tmp_path), fake_trainer(history, global_step=10), "finished")
+        summary_rows(make_config(output_dir=tmp_path), fake_trainer(history, global_step=10), "finished")
     )
     assert ("best eval loss", "20.0000 (perplexity 485,165,195.41) at step 5") in rows
     assert ("final eval loss", "nan at step 10") in rows

@@ -270,7 +270,7 @@ def test_interrupted_build_leaves_no_directory(tmp_path: Path, monkeypatch) -> N
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tm, "_replace_directory", fail)
+    monkeypatch.setattr(tm, "publish_directory", fail)
     with pytest.raises(KeyboardInterrupt):
         tm.build_tiny_model(tmp_path / "model", warmup_steps=0)
     assert list(tmp_path.iterdir()) == []

@@ -11,9 +11,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftk.cli import main
-from ftk.core.config.loader import load_config
 from ftk.commands.train import RESOLVED_CONFIG_NAME, run_training
-from tests.helpers import first_chat_rows
+from ftk.core.config.loader import load_config
+from tests.helpers import first_chat_rows, write_config
 
 
 @pytest.fixture(scope="module")
@@ -21,37 +21,26 @@ def small_chat(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 48)
 
 
-def write_config(tmp_path: Path, model_dir: Path, data: Path) -> Path:
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-    type: chat_template
-adapter: lora
-lora_r: 8
-lora_alpha: 16
-lora_target_linear: true
-sequence_len: 384
-micro_batch_size: 2
-gradient_accumulation_steps: 2
-max_steps: 8
-learning_rate: 5.0e-3
-lr_scheduler: constant
-val_set_size: 4
-eval_steps: 4
-seed: 7
-output_dir: {tmp_path / "out"}
-dataset_prepared_path: {tmp_path / "prepared"}
-"""
-    )
-    return cfg
+# An 8-step LoRA run of 4-row steps (2 x 2), evaluated every 4 steps on 4 held-out rows.
+BASE = dict(
+    adapter="lora",
+    lora_r=8,
+    lora_alpha=16,
+    lora_target_linear=True,
+    sequence_len=384,
+    gradient_accumulation_steps=2,
+    max_steps=8,
+    learning_rate=5.0e-3,
+    lr_scheduler="constant",
+    val_set_size=4,
+    eval_steps=4,
+    seed=7,
+)
 
 
 @pytest.mark.slow
 def test_lora_run_trains_saves_and_reloads(tmp_path, tiny_model_dir, small_chat):
-    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, small_chat))
+    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, small_chat, **BASE))
     result = run_training(cfg, manager)
     out = tmp_path / "out"
 
@@ -87,7 +76,7 @@ def test_lora_run_trains_saves_and_reloads(tmp_path, tiny_model_dir, small_chat)
 
 @pytest.mark.slow
 def test_cli_preprocess_then_train_reuses_the_cache(tmp_path, tiny_model_dir, small_chat, capsys):
-    cfg = write_config(tmp_path, tiny_model_dir, small_chat)
+    cfg = write_config(tmp_path, tiny_model_dir, small_chat, **BASE)
     overrides = ["--max_steps", "2", "--val_set_size", "0"]
     assert main(["preprocess", str(cfg), *overrides]) == 0
     assert "cache written" in capsys.readouterr().out

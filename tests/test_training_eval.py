@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ftk.core.config.loader import load_config
 from ftk.commands.train import run_training
-from tests.helpers import first_chat_rows
+from ftk.core.config.loader import load_config
+from tests.helpers import first_chat_rows, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,38 +21,27 @@ def chat24(tmp_path_factory) -> Path:
     return first_chat_rows(tmp_path_factory.mktemp("data") / "chat.jsonl", 24)
 
 
-def config(tmp_path: Path, model_dir: Path, data: Path, extra: str) -> Path:
-    path = tmp_path / "cfg.yaml"
-    path.write_text(
-        f"""\
-base_model: {model_dir}
-datasets:
-  - path: {data}
-adapter: lora
-lora_r: 4
-lora_alpha: 8
-lora_target_linear: true
-sequence_len: 256
-excess_length_strategy: truncate
-micro_batch_size: 2
-max_steps: 4
-learning_rate: 5.0e-3
-lr_scheduler: constant
-val_set_size: 6
-seed: 5
-output_dir: {tmp_path / "out"}
-dataset_prepared_path: {tmp_path / "prepared"}
-{extra}"""
-    )
-    return path
+# A 4-step LoRA run of 2-row steps on 18 rows, 6 more held out for eval.
+BASE = dict(
+    adapter="lora",
+    lora_r=4,
+    lora_alpha=8,
+    lora_target_linear=True,
+    sequence_len=256,
+    excess_length_strategy="truncate",
+    max_steps=4,
+    learning_rate=5.0e-3,
+    lr_scheduler="constant",
+    val_set_size=6,
+    seed=5,
+)
 
 
 def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint(
     tmp_path, tiny_model_dir, chat24
 ):
-    cfg, manager = load_config(
-        config(tmp_path, tiny_model_dir, chat24, "eval_steps: 2\nsave_steps: 2\nsave_total_limit: 1\n")
-    )
+    checkpoints = {"eval_steps": 2, "save_steps": 2, "save_total_limit": 1}
+    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, chat24, **BASE, **checkpoints))
     result = run_training(cfg, manager)
     out = tmp_path / "out"
     entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -77,7 +66,9 @@ def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint
 def test_tensorboard_receives_the_training_loss(tmp_path, tiny_model_dir, chat24):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg, manager = load_config(config(tmp_path, tiny_model_dir, chat24, "report_to: [tensorboard]\n"))
+    cfg, manager = load_config(
+        write_config(tmp_path, tiny_model_dir, chat24, **BASE, report_to=["tensorboard"])
+    )
     run_training(cfg, manager)
     out = tmp_path / "out"
     logged = json.loads("[" + ",".join((out / "metrics.jsonl").read_text().splitlines()) + "]")
@@ -95,8 +86,8 @@ def test_wandb_offline_writes_a_local_run(tmp_path, tiny_model_dir, chat24, monk
     for variable in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_MODE", "WANDB_DIR"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    extra = "wandb_project: ftk-test\nwandb_mode: offline\nwandb_name: tiny-run\n"
-    cfg, manager = load_config(config(tmp_path, tiny_model_dir, chat24, extra))
+    wandb = {"wandb_project": "ftk-test", "wandb_mode": "offline", "wandb_name": "tiny-run"}
+    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, chat24, **BASE, **wandb))
     run_training(cfg, manager)
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ from ftk.core.data.packing import pack_lengths, packing_efficiency
 from ftk.core.data.sources import load_source, source_fingerprint
 from ftk.core.data.tokenize import SourceStats, tokenize_source
 from ftk.core.errors import FtkError
+from ftk.core.files import publish_directory, staging_directory
 from ftk.core.registry import Registry, Strategy
 
 META_FILE = "ftk_meta.json"
@@ -241,17 +240,14 @@ def prepare_data(
 def _save(prepared: PreparedData) -> None:
     """Write the cache entry under a temporary name and rename it, so no reader sees half of it."""
     directory = prepared.cache_dir
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging = staging_directory(directory)
     try:
         prepared.train.save_to_disk(str(staging / "train"))
         if prepared.eval is not None:
             prepared.eval.save_to_disk(str(staging / "eval"))
         meta = {"ftk": __version__, **prepared.summary()}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        publish_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,13 +22,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftk.core.errors import FtkError
+from ftk.core.files import publish_directory, staging_directory
 from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
 if TYPE_CHECKING:
@@ -309,23 +309,6 @@ def _check_destination(out_dir: Path, force: bool) -> None:
         )
 
 
-def _replace_directory(staging: Path, out_dir: Path, force: bool) -> None:
-    """Move the finished ``staging`` directory to ``out_dir``, replacing an old build if allowed."""
-    _check_destination(out_dir, force)  # again: the destination may have changed during the build
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except OSError:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hide transformers' per-file progress bars while saving (the command prints its own summary)."""
@@ -345,15 +328,6 @@ def _portable_tokenizer_config(path: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _ordinary_permissions(directory: Path) -> None:
-    """Give the directory and its files the permissions the umask allows (mkdtemp makes them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def build_tiny_model(
@@ -407,15 +381,15 @@ def build_tiny_model(
         },
     }
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = staging_directory(out)
     try:
         with _quiet_transformers():
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
         _portable_tokenizer_config(staging / "tokenizer_config.json")
         (staging / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _ordinary_permissions(staging)
-        _replace_directory(staging, out, force)
+        _check_destination(out, force)  # again: the destination may have changed during the build
+        publish_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
