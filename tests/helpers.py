@@ -41,6 +41,11 @@ LOGIT_TRANSFORM_FAMILIES = {
 }
 
 
+#: A small LoRA on every linear layer with over-long rows cut, the run most tests train.
+SMALL_LORA: dict[str, Any] = dict(
+    adapter="lora", lora_r=4, lora_alpha=8, lora_target_linear=True, excess_length_strategy="truncate"
+)
+
 _MANAGER: list[FtkPluginManager] = []
 
 

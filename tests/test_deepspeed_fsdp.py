@@ -31,7 +31,7 @@ from ftk.core.plugins import create_plugin_manager
 from ftk.integrations import deepspeed_configs
 from ftk.plugins import deepspeed as deepspeed_plugin
 from ftk.plugins import fsdp as fsdp_plugin
-from tests.helpers import first_chat_rows, line_of, write_config
+from tests.helpers import SMALL_LORA, first_chat_rows, line_of, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 AUTO_KEYS = (
@@ -44,12 +44,8 @@ AUTO_KEYS = (
 
 # LoRA runs of 4 steps of 2 x 2 rows; a test adds its deepspeed or fsdp keys as YAML text (``extra``).
 BASE = dict(
-    adapter="lora",
-    lora_r=4,
-    lora_alpha=8,
-    lora_target_linear=True,
+    **SMALL_LORA,
     sequence_len=256,
-    excess_length_strategy="truncate",
     gradient_accumulation_steps=2,
     max_steps=4,
     learning_rate=5.0e-3,

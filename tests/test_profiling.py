@@ -23,7 +23,7 @@ from ftk.plugins.profiling import (
     render_text,
     top_ops_tables,
 )
-from tests.helpers import first_chat_rows, write_config
+from tests.helpers import SMALL_LORA, first_chat_rows, write_config
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "aten::linear"}
 
@@ -35,12 +35,8 @@ def chat16(tmp_path_factory) -> Path:
 
 # A 4-step LoRA run of one row a step.
 BASE = dict(
-    adapter="lora",
-    lora_r=4,
-    lora_alpha=8,
-    lora_target_linear=True,
+    **SMALL_LORA,
     sequence_len=128,
-    excess_length_strategy="truncate",
     micro_batch_size=1,
     gradient_accumulation_steps=1,
     max_steps=4,

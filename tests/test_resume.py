@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from ftk.cli import main
 from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
-from tests.helpers import first_chat_rows, write_config
+from tests.helpers import SMALL_LORA, first_chat_rows, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,13 +32,9 @@ def chat16(tmp_path_factory) -> Path:
 
 # A 6-step LoRA run of 4-row steps (2 x 2) on a cosine schedule; run_events stops or breaks a run on cue.
 BASE = dict(
-    adapter="lora",
-    lora_r=4,
-    lora_alpha=8,
+    **SMALL_LORA,
     lora_dropout=0.1,
-    lora_target_linear=True,
     sequence_len=256,
-    excess_length_strategy="truncate",
     gradient_accumulation_steps=2,
     max_steps=6,
     learning_rate=3.0e-3,

@@ -11,7 +11,7 @@ import pytest
 
 from ftk.commands.train import run_training
 from ftk.core.config.loader import load_config
-from tests.helpers import first_chat_rows, write_config
+from tests.helpers import SMALL_LORA, first_chat_rows, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +23,8 @@ def chat24(tmp_path_factory) -> Path:
 
 # A 4-step LoRA run of 2-row steps on 18 rows, 6 more held out for eval.
 BASE = dict(
-    adapter="lora",
-    lora_r=4,
-    lora_alpha=8,
-    lora_target_linear=True,
+    **SMALL_LORA,
     sequence_len=256,
-    excess_length_strategy="truncate",
     max_steps=4,
     learning_rate=5.0e-3,
     lr_scheduler="constant",

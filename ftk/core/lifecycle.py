@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 #: What a command loads the model for; plugins skip checks that do not apply (``hookspecs``).
 Purpose = Literal["validate", "preprocess", "train", "inference", "merge"]
+#: The purposes that train (or check a config for training): for what only training uses.
+TRAINING = ("validate", "train")
+#: The purposes that load the model as the config describes it (``merge`` loads full precision).
+CONFIGURED_MODEL = ("validate", "train", "inference")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError, raise_problems, say
 from ftk.core.hookspecs import hookimpl
 from ftk.core.launch import one_process_note, world_size
+from ftk.core.lifecycle import TRAINING
 from ftk.integrations import deepspeed_configs
 from ftk.integrations.deepspeed_configs import DeepSpeedConfigError
 
@@ -36,8 +37,6 @@ INSTALL_HINT = "pip install 'ftk[deepspeed]'"
 GPU_ONLY_OPTIMIZERS = ("adamw_bnb_8bit",)
 #: Top-level keys (of the quantization plugin) that quantize the base model with bitsandbytes on load.
 QUANTIZED_LOAD_KEYS = ("load_in_4bit", "load_in_8bit")
-#: What the machine check runs for (DeepSpeed only trains).
-CHECKED_FOR = ("validate", "train")
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -186,7 +185,7 @@ def register_config_sections(register: Register) -> None:
 @hookimpl
 def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: DeepSpeed installed, a GPU, and the preset fits the process count."""
-    if deepspeed_config(cfg) is None or purpose not in CHECKED_FOR:
+    if deepspeed_config(cfg) is None or purpose not in TRAINING:
         return
     raise_problems(config_problems(cfg, processes=world_size()))
     problem = runtime_problem(deepspeed_installed(), torch.cuda.device_count())

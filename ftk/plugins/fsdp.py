@@ -19,6 +19,7 @@ from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say, suggest
 from ftk.core.hookspecs import hookimpl
 from ftk.core.launch import one_process_note
+from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -31,8 +32,6 @@ SECTION = "fsdp"
 AXOLOTL_SECTION = "fsdp_config"
 VERSION_KEY = "fsdp_version"
 SUPPORTED_VERSION = 2
-#: What the machine check runs for (FSDP only trains).
-CHECKED_FOR = ("validate", "train")
 
 #: FSDP1 settings axolotl configs may carry, and what replaces each in FSDP2.
 FSDP1_SETTINGS = {
@@ -292,7 +291,7 @@ def register_config_sections(register: Register) -> None:
 @hookimpl
 def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: there are GPUs to shard over."""
-    if fsdp_settings(cfg) is None or purpose not in CHECKED_FOR:
+    if fsdp_settings(cfg) is None or purpose not in TRAINING:
         return
     problem = runtime_problem(torch.cuda.device_count())
     if problem is not None:

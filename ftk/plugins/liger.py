@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from ftk.core.config.schema import StrictModel
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lifecycle import CONFIGURED_MODEL
 from ftk.core.lm import LossOutput, causal_lm, logit_transform, trained_position_mask
 from ftk.integrations import liger
 
@@ -64,8 +65,6 @@ class LigerSettings(StrictModel):
 SECTION = "liger"
 #: Every key of this plugin, in the order errors name them.
 KEYS = tuple(LigerSettings.model_fields)
-#: What the kernels are patched in for (training, validating the config, eval and generate).
-PATCHED_FOR = ("validate", "train", "inference")
 
 
 def selected_kernels(cfg: FtkConfig) -> dict[str, bool]:
@@ -281,7 +280,7 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str], str]]:
 @hookimpl
 def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """A GPU, liger-kernel and Triton, when a Liger key is on and the model is loaded for it."""
-    on = [key for key, value in selected_kernels(cfg).items() if value and purpose in PATCHED_FOR]
+    on = [key for key, value in selected_kernels(cfg).items() if value and purpose in CONFIGURED_MODEL]
     problem = liger.environment_problem() if on else None
     if problem is not None:
         raise FtkError(f"{on[0]}: {problem}")
@@ -290,7 +289,7 @@ def check_environment(cfg: FtkConfig, purpose: str) -> None:
 @hookimpl
 def pre_model_load(cfg: FtkConfig, purpose: str) -> None:
     """Patch the selected kernels into the model family before the model is built."""
-    if purpose in PATCHED_FOR:
+    if purpose in CONFIGURED_MODEL:
         prepare_kernels(cfg)
 
 

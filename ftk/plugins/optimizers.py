@@ -20,14 +20,13 @@ from transformers.optimization import Adafactor
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
     from ftk.core.registry import Register
 
 SECTION = "optimizers"
 SGD_MOMENTUM = 0.9
-#: What the 8-bit AdamW's machine check runs for (it builds no optimizer otherwise).
-OPTIMIZER_PURPOSES = ("validate", "train")
 
 
 class OptimizerSettings(StrictModel):
@@ -216,5 +215,5 @@ def register_schedulers(register: Register) -> None:
 @hookimpl
 def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: an 8-bit AdamW needs a CUDA GPU and bitsandbytes."""
-    if cfg.optimizer == "adamw_bnb_8bit" and purpose in OPTIMIZER_PURPOSES:
+    if cfg.optimizer == "adamw_bnb_8bit" and purpose in TRAINING:
         import_bnb_optim()

@@ -20,6 +20,7 @@ from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, TORCHAO_MI
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lifecycle import CONFIGURED_MODEL
 from ftk.integrations import bnb, torchao
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 SECTION = "quantization"
 BNB_SECTION = "bitsandbytes"
-#: What the base is quantized for: training (and checking a config for it), eval and generate.
-QUANTIZED_FOR = ("validate", "train", "inference")
 BNB_INSTALL = "pip install 'ftk[bnb]'"
 TORCHAO_INSTALL = f"pip install 'torchao>={TORCHAO_MIN_VERSION}'"
 
@@ -243,7 +242,7 @@ def config_problems(cfg: FtkConfig) -> list[tuple[tuple[str, ...], str]]:
 
 def _wanted(cfg: FtkConfig, purpose: str) -> Quantization | None:
     """What ``cfg`` asks for when the model is loaded for ``purpose`` (None for a merge: full precision)."""
-    return resolve(cfg) if purpose in QUANTIZED_FOR else None
+    return resolve(cfg) if purpose in CONFIGURED_MODEL else None
 
 
 @hookimpl

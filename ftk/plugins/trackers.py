@@ -18,6 +18,7 @@ from transformers.integrations import TensorBoardCallback, WandbCallback
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
     from ftk.core.registry import Register
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 SECTION = "trackers"
 #: tracker name -> (the package it needs, the pip extra that installs it).
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
-CHECKED_FOR = ("validate", "train")
 
 
 class TrackerSettings(StrictModel):
@@ -73,22 +73,26 @@ def register_config_sections(register: Register) -> None:
     register(SECTION, TrackerSettings, flat=True)
 
 
+#: tracker name -> the axolotl switch that turns it on without report_to.
+SWITCHES = {
+    "tensorboard": lambda cfg: cfg.section(SECTION).use_tensorboard,
+    "wandb": lambda cfg: cfg.section(SECTION).wandb_project is not None,
+}
+
+
 @hookimpl
 def register_trackers(register: Register) -> None:
     """Offer ``report_to: [tensorboard]`` and ``report_to: [wandb]``."""
-    register("tensorboard", _tensorboard, enabled_by=lambda cfg: cfg.section(SECTION).use_tensorboard)
-    register("wandb", FtkWandbCallback, enabled_by=lambda cfg: cfg.section(SECTION).wandb_project is not None)
+    register("tensorboard", _tensorboard, enabled_by=SWITCHES["tensorboard"])
+    register("wandb", FtkWandbCallback, enabled_by=SWITCHES["wandb"])
 
 
 @hookimpl
 def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: the package of each tracker the run reports to is installed."""
-    if purpose not in CHECKED_FOR:
+    if purpose not in TRAINING:
         return
-    settings = cfg.section(SECTION)
-    wanted = set(cfg.report_to)
-    wanted |= {"tensorboard"} if settings.use_tensorboard else set()
-    wanted |= {"wandb"} if settings.wandb_project is not None else set()
+    wanted = set(cfg.report_to) | {name for name, switch in SWITCHES.items() if switch(cfg)}
     for name in sorted(wanted & set(PACKAGES)):
         package, extra = PACKAGES[name]
         if importlib.util.find_spec(package) is None:
