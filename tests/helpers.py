@@ -9,7 +9,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
-from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from ftk.core.config.loader import config_from_data
 from ftk.core.config.schema import FtkConfig
@@ -149,3 +156,20 @@ def line_of(path: Path, key: str) -> int:
     """The 1-based line of the config ``path`` where ``key`` is first set, at any depth."""
     lines = path.read_text().splitlines()
     return next(n for n, line in enumerate(lines, 1) if line.lstrip(" -").startswith(f"{key}:"))
+
+
+def tiny_moe() -> Qwen3MoeForCausalLM:
+    """A one-layer Qwen3-MoE of 4 experts (top 2) over a 64-token vocabulary, at random weights."""
+    config = Qwen3MoeConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        moe_intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    return Qwen3MoeForCausalLM(config)

@@ -12,8 +12,6 @@ from datasets import Dataset
 from rich.console import Console
 from transformers import (
     AutoModelForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
     Trainer,
     TrainerControl,
     TrainerState,
@@ -35,7 +33,7 @@ from ftk.plugins.advisor import (
     optimizer_steps,
 )
 from ftk.plugins.advisor.rules import RULE_NAMES, RULES, RunFacts, evaluate
-from tests.helpers import first_chat_rows, line_of, write_config
+from tests.helpers import first_chat_rows, line_of, tiny_moe, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,14 +65,18 @@ def fired(cfg, **sizes) -> dict[str, str]:
 
 def test_rule_table_names_are_unique_and_cover_both_phases():
     assert len(set(RULE_NAMES)) == len(RULES)
-    assert {rule.phase for rule in RULES} == {"before", "during"}
+    assert {rule.phase for rule in RULES} == {"before", "during", "end"}
 
 
-def test_lora_learning_rate_too_low_warns_even_on_a_tiny_model(tmp_path):
+def test_lora_learning_rate_too_low_warns_on_every_model_size(tmp_path):
     cfg = config(
         tmp_path, "adapter: lora\nlora_r: 8\nlora_alpha: 16\nlearning_rate: 1.0e-6\nmicro_batch_size: 4\n"
     )
     assert fired(cfg) == {
+        "lora_lr_low": "learning_rate 1e-6 is below the LoRA range 1e-5 to 1e-2 for models under 50M parameters: "
+        "the adapter will barely move; raise learning_rate to about 2e-3"
+    }
+    assert fired(cfg, num_params=SEVEN_B) == {
         "lora_lr_low": "learning_rate 1e-6 is below the LoRA range 1e-5 to 5e-4: the adapter will barely move; "
         "raise learning_rate to about 2e-4"
     }
@@ -330,22 +332,6 @@ def test_eval_loss_rising_with_train_loss_rising_is_not_overfitting(tmp_path):
     assert [(f.rule, f.step) for f in callback.findings] == [("loss_not_falling", 100)]
 
 
-def tiny_moe():
-    config = Qwen3MoeConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        moe_intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        num_experts=4,
-        num_experts_per_tok=2,
-    )
-    return Qwen3MoeForCausalLM(config)
-
-
 @pytest.mark.parametrize(
     ("max_grad_norm", "alerts"), [(1.0, ["moe_grad_norm"]), (0.0, ["moe_grad_norm"]), (0.5, [])]
 )
@@ -469,7 +455,7 @@ def test_pre_train_judges_the_built_trainer_the_model_and_the_data(tmp_path, tin
     printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("advisor: ")]
     assert printed == [f"advisor: {finding.text}" for finding in advisor.findings]
     assert advisor_rows(manager, cfg, trainer) == [
-        ("advisor", "LoRA learning rate too low: raise learning_rate to about 2e-4"),
+        ("advisor", "LoRA learning rate too low: raise learning_rate to about 2e-3"),
         (
             "advisor",
             "sequence_len far above the data: set sample_packing: true to fill each row with several "
@@ -525,18 +511,19 @@ dataset_prepared_path: {tmp_path / "prepared"}
     run_training(cfg, manager)
     err = capsys.readouterr().err
     assert (
-        "advisor: learning_rate 1e-6 is below the LoRA range 1e-5 to 5e-4: the adapter will barely move; "
-        "raise learning_rate to about 2e-4" in err
+        "advisor: learning_rate 1e-6 is below the LoRA range 1e-5 to 1e-2 for models under 50M parameters: the "
+        "adapter will barely move; raise learning_rate to about 2e-3" in err
     )
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "LoRA learning rate too low: raise learning_rate to about 2e-4" in summary
+    assert "LoRA learning rate too low: raise learning_rate to about 2e-3" in summary
     entries = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     losses = [entry["loss"] for entry in entries if "loss" in entry]
     assert len(losses) == 2
     first, last = losses  # a two-step run: one value at each end
-    health = (
-        f"healthy: loss fell {first:.4g} → {last:.4g}, no spikes"
-        if last < first
-        else f"no training alerts, but the loss did not fall: {first:.4g} → {last:.4g}"
-    )
-    assert health in summary
+    if last < first:
+        verdict = f"healthy: loss fell {first:.4g} → {last:.4g}, no spikes"
+    elif last > first:
+        verdict = f"loss ended above its first step: {last:.4g} (the last logged value) against {first:.4g} at step 1"
+    else:
+        verdict = f"no training alerts, but the loss did not fall: {first:.4g} → {last:.4g}"
+    assert verdict in summary

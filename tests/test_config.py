@@ -96,7 +96,9 @@ def test_all_problems_reported_at_once_in_line_order(tmp_path):
 def test_unknown_strategy_suggests_registered_name(tmp_path):
     path = write(tmp_path, "base_model: m\ndatasets:\n  - path: a.jsonl\n    type: chat_templat\n")
     (line,) = errors_of(path)
-    assert line.startswith(f"{path}:4: datasets[0].type: unknown strategy (did you mean 'chat_template'?)")
+    assert line.startswith(
+        f"{path}:4: datasets[0].type: unknown strategy 'chat_templat' (did you mean 'chat_template'?)"
+    )
 
 
 def test_duplicate_key_is_an_error(tmp_path):

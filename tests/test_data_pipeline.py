@@ -81,7 +81,7 @@ def test_bad_row_names_file_row_and_field(tmp_path, tiny_model_dir, tokenizer):
     data = write_jsonl(tmp_path / "chat.jsonl", [ROWS[0], {"messages": [{"role": "user", "content": 3}]}])
     with pytest.raises(FtkError) as info:
         prepare(write_config(tmp_path, tiny_model_dir, data, **BASE), tokenizer)
-    assert str(info.value) == f"{data}: row 2: messages[0].content: must be text, got int"
+    assert str(info.value) == f"{data}:2: messages[0].content: must be text, got int"
 
 
 def test_cli_bad_row_exits_2_and_writes_nothing_to_output_dir(tmp_path, tiny_model_dir, capsys):
@@ -90,7 +90,7 @@ def test_cli_bad_row_exits_2_and_writes_nothing_to_output_dir(tmp_path, tiny_mod
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     # Only the tokenizing progress bar may precede the one-line error.
-    assert err.splitlines()[-1] == f"error: {data}: row 2: messages: missing"
+    assert err.splitlines()[-1] == f"error: {data}:2: messages: missing or null"
     assert "Traceback" not in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
 
@@ -133,9 +133,9 @@ def test_invalid_rows_skip_counts_and_keeps_examples_of_the_problem(tmp_path, ti
     (stats,) = prepared.sources
     assert (stats.rows, stats.kept, stats.invalid) == (5, 2, 3)
     assert stats.invalid_examples == [
-        "row 2: messages[0].content: must be text, got int",
-        "row 3: messages: missing",
-        "row 4: messages[0].role: unknown role 'robot'; map it with `roles:`",
+        f"{data}:2: messages[0].content: must be text, got int",
+        f"{data}:3: messages: missing or null",
+        f"{data}:4: messages[0].role: unknown role 'robot'; map it with `roles:`",
     ]
 
 
@@ -156,8 +156,7 @@ def test_excess_length_truncate_and_raise(tmp_path, tiny_model_dir, tokenizer):
             write_config(tmp_path, tiny_model_dir, data, excess_length_strategy="raise", **BASE), tokenizer
         )
     assert (
-        str(info.value)
-        == f"{data}: row 2: 112 tokens, more than sequence_len 64 (excess_length_strategy: raise)"
+        str(info.value) == f"{data}:2: 112 tokens, more than sequence_len 64 (excess_length_strategy: raise)"
     )
 
 

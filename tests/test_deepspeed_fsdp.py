@@ -124,7 +124,9 @@ def test_preset_copies_are_independent():
 
 
 def test_preset_in_config_validates_without_deepspeed_and_round_trips(tmp_path, capsys):
-    path = write_config(tmp_path, "unused-model", "d.jsonl", extra="deepspeed: zero3_offload", **BASE)
+    data = tmp_path / "d.jsonl"  # validate checks that the data file exists
+    data.touch()
+    path = write_config(tmp_path, "unused-model", data, extra="deepspeed: zero3_offload", **BASE)
     assert main(["validate", str(path)]) == 0
     assert "deepspeed: zero3_offload" in capsys.readouterr().out
     cfg, _ = load_config(path)

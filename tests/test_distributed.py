@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from datasets import load_from_disk
 
 from tests.helpers import first_chat_rows
 
@@ -65,3 +69,22 @@ dataset_prepared_path: {tmp_path / "prepared"}
     assert not list(out.glob("checkpoint-*"))  # no save_steps: only the final adapter
     assert (out / "adapter_model.safetensors").is_file()
     assert process.stderr.count("training summary") == 1  # one process speaks for the run
+
+    # num_tokens counts the real tokens of every process: rank 1's rows as well as rank 0's.
+    lengths = row_lengths(next((tmp_path / "prepared").iterdir()) / "train")
+    per_step = [sum(lengths[row] for rank in (0, 1) for row in seen[rank][step]) for step in range(3)]
+    expected = [sum(per_step[: step + 1]) for step in range(3)]
+    assert [entry["num_tokens"] for entry in metrics if "loss" in entry] == expected
+    # Every line once: no second "lora:" line, progress bar or library warning from rank 1.
+    lines = [line for line in (process.stdout + process.stderr).splitlines() if line.strip()]
+    assert [line for line, count in Counter(lines).items() if count > 1] == []
+    assert sum(line.startswith("lora: ") for line in lines) == 1
+    assert sum(line.startswith("data: ") for line in lines) == 1
+
+
+def row_lengths(prepared: Path) -> dict[str, int]:
+    """Token count of each prepared row, by the fingerprint tests.fixture_plugins.record_batches gives it."""
+    lengths = {}
+    for ids in load_from_disk(str(prepared))["input_ids"]:
+        lengths[hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:12]] = len(ids)
+    return lengths

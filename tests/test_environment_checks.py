@@ -1,7 +1,8 @@
 """A run this machine cannot do stops before any data is prepared (the ``check_environment`` hook).
 
-Each config below is valid but needs something this CPU machine lacks.  Its dataset does not
-exist, so an error about the data would mean the data work started first.
+Each config below is valid but needs something this CPU machine lacks.  Its dataset exists (the
+paths are checked first) but its one row is unusable, so an error about the data would mean the
+data work started first.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ CASES = {
 }
 
 
+def bad_rows(directory: Path) -> Path:
+    """A data file whose one row no strategy can use."""
+    path = directory / "bad.jsonl"
+    path.write_text('{"messages": 1}\n', encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_the_machine_is_checked_before_the_data(tmp_path: Path, tiny_model_dir: Path, capsys, case: str):
     body, expected, machine_can = CASES[case]
@@ -51,7 +59,7 @@ def test_the_machine_is_checked_before_the_data(tmp_path: Path, tiny_model_dir: 
         pytest.skip("this machine can run it")
     path = tmp_path / "cfg.yaml"
     path.write_text(
-        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {tmp_path / 'missing.jsonl'}\n"
+        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {bad_rows(tmp_path)}\n"
         f"adapter: lora\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
         + body,
         encoding="utf-8",
@@ -60,7 +68,7 @@ def test_the_machine_is_checked_before_the_data(tmp_path: Path, tiny_model_dir: 
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(expected)
-    assert "missing.jsonl" not in err and "Traceback" not in err
+    assert "bad.jsonl" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "prepared").exists()
 
 
@@ -70,7 +78,7 @@ def test_every_command_checks_the_machine_for_what_it_does(tmp_path: Path, tiny_
     preprocess loads none, so it goes on to the data; validate reports the problem as a note."""
     path = tmp_path / "cfg.yaml"
     path.write_text(
-        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {tmp_path / 'missing.jsonl'}\n"
+        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {bad_rows(tmp_path)}\n"
         f"val_set_size: 2\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prepared'}\n"
         "liger_rope: true\n",
         encoding="utf-8",
@@ -79,10 +87,10 @@ def test_every_command_checks_the_machine_for_what_it_does(tmp_path: Path, tiny_
     for argv in (["eval", str(path)], ["generate", str(path), "hello", "--base"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith(machine) and "missing.jsonl" not in err, argv
+        assert err.startswith(machine) and "bad.jsonl" not in err, argv
     assert main(["preprocess", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "missing.jsonl" in err and "liger" not in err  # past the machine check, stopped by the data
+    assert "bad.jsonl" in err and "liger" not in err  # past the machine check, stopped by the data
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert (

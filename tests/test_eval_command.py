@@ -89,9 +89,9 @@ def test_json_result_is_the_mean_over_every_trained_token(capsys, config, refere
 
     result = eval_json(capsys, str(config))
 
-    assert set(result) == {"eval_loss", "perplexity", "eval_tokens"}
+    assert set(result) == {"eval_loss", "eval_perplexity", "eval_tokens"}
     assert abs(result["eval_loss"] - loss) < TOLERANCE
-    assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-12)
+    assert result["eval_perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-12)
     assert result["eval_tokens"] == count
 
 

@@ -116,7 +116,7 @@ def test_dora_on_fused_experts_is_a_config_error(moe_dir):
         apply_lora(cfg, load(moe_dir))
 
 
-def test_dense_layers_peft_leaves_unadapted_are_reported(capsys):
+def test_dense_layers_peft_leaves_unadapted_are_reported_exactly(capsys):
     # Layer 0 has a dense MLP (gate_proj, up_proj, down_proj as nn.Linear); peft 0.21 maps these
     # names onto the fused experts of every layer, so the dense ones get no adapter: say so.
     config = Qwen3MoeConfig(
@@ -135,15 +135,19 @@ def test_dense_layers_peft_leaves_unadapted_are_reported(capsys):
     model = apply_lora(
         make_config(base_model="unused", adapter="lora", lora_target_linear=True), Qwen3MoeForCausalLM(config)
     )
-    unadapted = [f"model.layers.0.mlp.{name}" for name in ("down_proj", "gate_proj", "up_proj")]
-    assert not any(
-        isinstance(model.get_submodule(f"base_model.model.{name}"), LoraLayer) for name in unadapted
-    )
+    dense = [f"model.layers.0.mlp.{name}" for name in ("down_proj", "gate_proj", "up_proj")]
+    # peft 0.21 leaves them bare; peft 0.22 adapts them.  Either way the warning names exactly the bare ones.
+    unadapted = [
+        name for name in dense if not isinstance(model.get_submodule(f"base_model.model.{name}"), LoraLayer)
+    ]
     err = capsys.readouterr().err
-    assert (
-        f"lora: warning: peft left 3 targeted linear layers without an adapter: {', '.join(unadapted)}\n"
-        in err
-    )
+    if unadapted:
+        assert (
+            f"lora: warning: peft left {len(unadapted)} targeted linear layers without an adapter: "
+            f"{', '.join(unadapted)}\n" in err
+        )
+    else:
+        assert "without an adapter" not in err
 
 
 @pytest.fixture(scope="module")

@@ -184,8 +184,8 @@ def lr_curve(cfg: FtkConfig, total: int) -> list[float]:
 
 def formula(step: int, shape: str, warmup: int, total: int, floor: float) -> float:
     """The documented schedule, written out independently of the plugin."""
-    if step < warmup:
-        return PEAK * step / warmup
+    if step < warmup:  # no step at 0: step k (from 1) of W runs at k / (W + 1)
+        return PEAK * (step + 1) / (warmup + 1)
     if shape == "constant":
         return PEAK
     p = (step - warmup) / (total - warmup)
@@ -206,8 +206,8 @@ def test_schedule_values(shape, floor, warmup_key, total, warmup):
     middle = warmup + (total - warmup) // 2
     decays = shape != "constant"
 
-    assert lrs[0] == 0.0
-    assert lrs[1] == pytest.approx(PEAK / warmup, rel=1e-12)
+    assert lrs[0] == pytest.approx(PEAK / (warmup + 1), rel=1e-12)  # the first step already learns
+    assert lrs[1] == pytest.approx(2 * PEAK / (warmup + 1), rel=1e-12)
     assert lrs[warmup] == pytest.approx(PEAK, rel=1e-12)  # end of warmup: the peak
     # Half way through the decay, cosine and linear are both half way to the floor.
     assert lrs[middle] == pytest.approx(PEAK * (floor + (1 - floor) / 2) if decays else PEAK, rel=1e-12)
@@ -245,7 +245,7 @@ def test_constant_ignores_min_lr_ratio_and_says_so(capsys):
 
 def test_warmup_as_long_as_the_run_is_noted(capsys):
     lrs = lr_curve(make_config(learning_rate=PEAK, warmup_steps=8), 4)
-    assert lrs == pytest.approx([0.0, PEAK / 8, PEAK * 2 / 8, PEAK * 3 / 8, PEAK * 4 / 8], rel=1e-12)
+    assert lrs == pytest.approx([PEAK * k / 9 for k in range(1, 6)], rel=1e-12)
     assert "warmup (8 steps) is not shorter than the run (4 steps)" in capsys.readouterr().err
 
 
@@ -296,9 +296,9 @@ def test_training_logs_the_builtin_schedule(tmp_path, tiny_model_dir, few_chats)
     schedule = {"learning_rate": 1.0e-3, "lr_scheduler": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}
     logs = train(tmp_path, tiny_model_dir, few_chats, **schedule)
     assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]
-    # Logged step k trained at the rate of optimizer step k - 1: warmup from 0, the peak, then
-    # cosine decay over 4 steps towards 0.1 of the peak, half way (0.55) at step 3.
+    # Logged step k is the rate step k trained at: one warmup step at half the peak (none at 0),
+    # the peak, then cosine decay over 4 steps towards 0.1 of the peak, half way (0.55) at step 4.
     cosine = [(1 + math.cos(math.pi * p)) / 2 for p in (0.25, 0.5, 0.75)]
-    expected = [0.0, 1e-3] + [1e-3 * (0.1 + 0.9 * c) for c in cosine]
+    expected = [0.5e-3, 1e-3] + [1e-3 * (0.1 + 0.9 * c) for c in cosine]
     assert expected[3] == pytest.approx(0.55e-3, rel=1e-12)
     assert [e["learning_rate"] for e in logs] == pytest.approx(expected, rel=1e-12)

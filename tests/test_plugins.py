@@ -101,7 +101,9 @@ def test_broken_config_plugin_via_cli_exits_2(tmp_path, capsys):
     )
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: plugin 'tests.fixture_plugins.broken_plugin' (config, module ")
+    assert err.startswith(
+        f"error: {cfg}:3: plugins[0]: plugin 'tests.fixture_plugins.broken_plugin' (config, module "
+    )
     assert "No module named 'ftk_dependency_that_does_not_exist'" in err
     assert "Traceback" not in err
 

@@ -175,15 +175,31 @@ def test_template_keys_need_the_chat_template_style():
 @pytest.mark.parametrize(
     ("row", "options", "message"),
     [
-        ({"output": "x"}, {}, "instruction: missing"),
-        ({"instruction": None, "output": "x"}, {}, "instruction: missing"),
-        ({"instruction": "x"}, {}, "output: missing"),
+        (
+            {"output": "x"},
+            {},
+            "instruction: missing: no such column (columns: output); set field_instruction",
+        ),
+        ({"instruction": None, "output": "x"}, {}, "instruction: missing or null"),
+        (
+            {"instruction": "x"},
+            {},
+            "output: missing: no such column (columns: instruction); set field_output",
+        ),
         ({"instruction": 3, "output": "x"}, {}, "instruction: must be text, got int"),
         ({"instruction": "x", "output": ["y"]}, {}, "output: must be text, got list"),
         ({"instruction": "x", "input": 2, "output": "y"}, {}, "input: must be text, got int"),
         ({"instruction": "x", "output": "y", "system": {"a": 1}}, {}, "system: must be text, got dict"),
-        ({"instruction": "x", "output": "y"}, {"field_output": "answer"}, "answer: missing"),
-        ({"instruction": "x"}, {"prompt_style": "chat_template"}, "output: missing"),
+        (
+            {"instruction": "x", "output": "y"},
+            {"field_output": "answer"},
+            "answer: missing: no such column (columns: instruction, output); set field_output",
+        ),
+        (
+            {"instruction": "x"},
+            {"prompt_style": "chat_template"},
+            "output: missing: no such column (columns: instruction); set field_output",
+        ),
     ],
 )
 def test_bad_rows_name_the_field(tokenizer, row, options, message):

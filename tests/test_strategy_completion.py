@@ -89,11 +89,11 @@ def test_a_tokenizer_that_adds_bos_starts_the_document_with_it(tiny_model_dir):
 @pytest.mark.parametrize(
     ("row", "options", "message"),
     [
-        ({"content": "x"}, {}, "text: missing"),
-        ({"text": None}, {}, "text: missing"),
+        ({"content": "x"}, {}, "text: missing: no such column (columns: content); set field"),
+        ({"text": None}, {}, "text: missing or null"),
         ({"text": ""}, {}, "text: empty text"),
         ({"text": 7}, {}, "text: must be text, got int"),
-        ({"text": "x"}, {"field": "body"}, "body: missing"),
+        ({"text": "x"}, {"field": "body"}, "body: missing: no such column (columns: text); set field"),
     ],
 )
 def test_bad_rows_name_the_field(tokenizer, row, options, message):

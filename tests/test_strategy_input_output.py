@@ -74,7 +74,7 @@ def test_several_trained_segments_and_an_empty_one(tokenizer):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"text": "x"}, "segments: missing"),
+        ({"text": "x"}, "segments: missing: no such column (columns: text); set field_segments"),
         ({"segments": "x"}, "segments: must be a non-empty list of {text, label} segments"),
         ({"segments": []}, "segments: must be a non-empty list of {text, label} segments"),
         ({"segments": ["x"]}, "segments[0]: must be a mapping with 'text' and 'label'"),
@@ -128,7 +128,7 @@ def test_bad_segment_in_a_file_names_file_row_and_segment(tmp_path, tiny_model_d
     cfg, manager = load_config(path)
     with pytest.raises(FtkError) as info:
         prepare_data(cfg, tokenizer, manager.collect_registrations())
-    assert str(info.value) == f"{data}: row 2: segments[0].label: must be true or false, got 'no'"
+    assert str(info.value) == f"{data}:2: segments[0].label: must be true or false, got 'no'"
 
 
 def test_config_typo_suggests_the_option(tmp_path):

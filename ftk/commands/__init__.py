@@ -7,6 +7,8 @@ Plugins add commands of their own through the ``register_commands`` hook.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 from ftk.core.registry import Command
 
@@ -22,10 +24,23 @@ CORE_COMMANDS = {
 }
 
 
+def _deferred(module_name: str, function: str) -> Callable[..., Any]:
+    """``ftk.commands.<module_name>.<function>``, its module imported only when it is called.
+
+    ``ftk --help`` then imports no command module, and ``ftk validate`` only its own: a command's
+    module may import torch or transformers, which take seconds.
+    """
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"ftk.commands.{module_name}"), function)(*args)
+
+    call.__name__ = call.__qualname__ = function
+    return call
+
+
 def core_commands() -> list[Command]:
     """The built-in commands as registry entries, like the ones plugins register."""
-    commands = []
-    for name, (module_name, help_text) in CORE_COMMANDS.items():
-        module = importlib.import_module(f"ftk.commands.{module_name}")
-        commands.append(Command(name, help_text, module.add_arguments, module.run, plugin="ftk"))
-    return commands
+    return [
+        Command(name, help_text, _deferred(module, "add_arguments"), _deferred(module, "run"), plugin="ftk")
+        for name, (module, help_text) in CORE_COMMANDS.items()
+    ]

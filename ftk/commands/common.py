@@ -21,3 +21,29 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
     return value
+
+
+def split_stray_words(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Separate words that are no ``--key value`` override from the overrides argparse left over.
+
+    argparse fills an optional positional (``ftk generate CONFIG [PROMPT]``) only from the words
+    before the first option, so in ``ftk generate cfg.yaml --model DIR "a prompt"`` the prompt is
+    left over with the overrides.  Returns (those words, the overrides): a word right after an
+    override's ``--key`` (without ``=``) is its value, any other word that is not an option is a
+    stray word.
+    """
+    words: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(overrides):
+        word = overrides[index]
+        if word.startswith("--") and word != "--":
+            rest.append(word)
+            takes_value = "=" not in word and index + 1 < len(overrides)
+            if takes_value and not overrides[index + 1].startswith("--"):
+                rest.append(overrides[index + 1])
+                index += 1
+        else:
+            words.append(word)
+        index += 1
+    return words, rest

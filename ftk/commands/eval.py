@@ -1,9 +1,11 @@
 """``ftk eval``: the token-mean loss and perplexity of a model on a config's eval set.
 
-The model is the base model as the loading hooks give it, or, with ``--adapter DIR``, what DIR
-holds: a peft adapter put on that base model, or a full model (a full fine-tune's output, a merged
-model).  When DIR holds a tokenizer it is used instead of the config's, so tokens added in
-training match.
+The model is the base model as the loading hooks give it, or, with ``--adapter DIR`` or
+``--model DIR`` (as ``ftk generate`` takes them), what DIR holds: a peft adapter put on that base
+model, or a full model (a full fine-tune's output, a merged model).  When DIR holds a tokenizer it
+is used instead of the config's, so tokens added in training match.  ``--json`` prints the
+metrics under the names ``metrics.jsonl`` gives them during training: ``eval_loss``,
+``eval_perplexity``, ``eval_tokens``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def run_eval(
     adapter: str | Path | None = None,
     batch_size: int | None = None,
     console: Console | None = None,
+    model_dir: str | Path | None = None,
 ) -> EvalResult:
-    """Token-mean loss of the base model (or of ``adapter``) over the eval set of ``cfg``.
+    """Token-mean loss of the base model (or of ``adapter`` / ``model_dir``) over the eval set of ``cfg``.
 
     ``batch_size`` overrides ``eval_batch_size``; the result does not depend on it.  Progress goes
     to ``console`` (stderr by default).
@@ -50,16 +53,20 @@ def run_eval(
     require_eval_set(cfg)
     if batch_size is not None and batch_size <= 0:
         raise FtkError(f"--batch-size: must be a positive number (got {batch_size})")
+    if adapter is not None and model_dir is not None:
+        raise FtkError("--adapter, --model: give one of them")
     hooks = manager.hooks
-    directory = Path(adapter) if adapter is not None else None
+    label = "--model" if model_dir is not None else "--adapter"
+    chosen = model_dir if model_dir is not None else adapter
+    directory = Path(chosen) if chosen is not None else None
     if directory is not None:
-        model_kind(directory, "--adapter")  # a wrong path fails before the data is prepared
+        model_kind(directory, label)  # a wrong path fails before the data is prepared
     tokenizer = load_inference_tokenizer(cfg, hooks, directory)
     data = prepare_data(cfg, tokenizer, manager.collect_registrations())
     assert data.eval is not None  # require_eval_set guarantees a split or test_datasets
-    model = load_inference_model(cfg, hooks, tokenizer, directory, "--adapter")
+    model = load_inference_model(cfg, hooks, tokenizer, directory, label)
     device = place(model)
-    what = "base model" if directory is None else f"{model_kind(directory, '--adapter')} {directory}"
+    what = "base model" if directory is None else f"{model_kind(directory, label)} {directory}"
     console.print(
         f"eval: {len(data.eval):,} rows{', packed' if cfg.packs_eval else ''}; {what}; device {device}",
         markup=False,
@@ -76,19 +83,24 @@ def result_line(result: EvalResult) -> str:
 
 
 def result_json(result: EvalResult) -> str:
-    """One JSON object: ``eval_loss``, ``perplexity`` (null when it overflows) and ``eval_tokens``."""
-    finite = result.perplexity if result.perplexity != float("inf") else None
-    return json.dumps({"eval_loss": result.loss, "perplexity": finite, "eval_tokens": result.tokens})
+    """One JSON object with metrics.jsonl's names: ``eval_loss``, ``eval_perplexity`` (null when it
+    overflows) and ``eval_tokens``."""
+    metrics: dict[str, float | None] = dict(result.as_metrics())
+    if metrics["eval_perplexity"] == float("inf"):
+        metrics["eval_perplexity"] = None
+    return json.dumps(metrics)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``ftk eval CONFIG [--adapter DIR] [--json] [--batch-size N]``."""
+    """``ftk eval CONFIG [--adapter DIR | --model DIR] [--json] [--batch-size N]``."""
     add_config_argument(parser)
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--adapter",
         metavar="DIR",
-        help="evaluate this peft adapter on base_model, or this full model directory (default: the base model)",
+        help="evaluate this peft adapter on base_model (or a full model directory; default: the base model)",
     )
+    source.add_argument("--model", metavar="DIR", help="evaluate this full or merged model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the result")
     parser.add_argument(
         "--batch-size",
@@ -101,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` say and print the result (a line, or JSON)."""
     prepared = prepare(args.config, args.overrides, purpose="inference", manager=args.manager)
-    result = run_eval(prepared.cfg, prepared.manager, adapter=args.adapter, batch_size=args.batch_size)
+    result = run_eval(
+        prepared.cfg, prepared.manager, adapter=args.adapter, batch_size=args.batch_size, model_dir=args.model
+    )
     if args.json:
         print(result_json(result))
     else:

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer, set_seed
 
-from ftk.commands.common import add_config_argument, positive_int
+from ftk.commands.common import add_config_argument, positive_int, split_stray_words
 from ftk.commands.inference import load_inference_model, model_kind, place
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
@@ -274,9 +274,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def prompt_argument(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """PROMPT wherever it was given (before or after the options), and the config overrides."""
+    words, overrides = split_stray_words(args.overrides)
+    given = ([args.prompt] if args.prompt is not None else []) + words
+    if len(given) > 1:
+        raise FtkError(
+            f"PROMPT: {len(given)} prompts given ({', '.join(repr(word) for word in given)}); "
+            "quote the prompt as one argument"
+        )
+    return (given[0] if given else None), overrides
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate as ``args`` say; the reply goes to stdout."""
-    prepared = prepare(args.config, args.overrides, purpose="inference", manager=args.manager)
+    prompt_text, overrides = prompt_argument(args)
+    prepared = prepare(args.config, overrides, purpose="inference", manager=args.manager)
     options = GenerateOptions(
         max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         temperature=args.temperature,
@@ -285,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         raw=args.raw,
         seed=args.seed,
     )
-    prompt = read_prompt(args.prompt, sys.stdin)
+    prompt = read_prompt(prompt_text, sys.stdin)
     run_generate(
         prepared.cfg,
         prepared.manager,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ftk.commands.common import add_config_argument
-from ftk.commands.preprocess_debug import legend, render_row
+from ftk.commands.preprocess_debug import print_rows, print_table
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.data.tokenize import SourceStats
@@ -43,17 +43,17 @@ def stats_table(title: str, sources: list[SourceStats]) -> Table:
 
 def report(data: PreparedData, console: Console) -> None:
     """Print the per-source tables, skipped-row examples and where the cache is."""
-    console.print(stats_table("datasets", data.sources))
+    print_table(console, stats_table("datasets", data.sources))
     if data.eval_sources:
-        console.print(stats_table("test_datasets", data.eval_sources))
+        print_table(console, stats_table("test_datasets", data.eval_sources))
     for source in [*data.sources, *data.eval_sources]:
         for problem in source.invalid_examples:
-            console.print(f"skipped {source.path}: {problem}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"skipped {problem}", markup=False, highlight=False, soft_wrap=True)
     summary = data.summary()
     origin = "reused" if data.from_cache else "written"
     console.print(
         f"train rows: {summary['train_rows']:,}  eval rows: {summary['eval_rows']:,}  "
-        f"cache {origin}: {data.cache_dir}" + data.packing_note(),
+        f"cache {origin}: {data.cache_dir}" + data.packing_note() + data.dropped_note(),
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -77,9 +77,7 @@ def run_preprocess(
         return data
     report(data, console)
     if debug_rows:
-        console.print(legend())
-        for index in range(min(debug_rows, len(data.train))):
-            console.print(render_row(data.train[index], tokenizer, index, text_only=text_only))
+        print_rows(console, data.train, tokenizer, debug_rows, text_only=text_only)
     return data
 
 

@@ -35,9 +35,16 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import PreparedData, prepare_data
 from ftk.core.errors import FtkError
-from ftk.core.files import atomic_write_text
+from ftk.core.files import DiskFullError, atomic_write_text, free_space, is_disk_full
 from ftk.core.hooks import Hooks
-from ftk.core.launch import distributed_arguments, main_process_first, one_process_group_env, rank, world_size
+from ftk.core.launch import (
+    as_rank_zero_of,
+    distributed_arguments,
+    main_process_first,
+    one_process_group_env,
+    rank,
+    world_size,
+)
 from ftk.core.lifecycle import prepare
 from ftk.core.model import load_model, load_tokenizer
 from ftk.core.plugins import FtkPluginManager
@@ -54,9 +61,9 @@ class TrainResult:
 
     output_dir: Path
     global_step: int
-    train_loss: float
+    train_loss: float | None  # None: nothing was trained (the run had already finished)
     eval_loss: float | None
-    data: PreparedData
+    data: PreparedData | None
     model: Any
     status: str = "finished"
     checkpoint: Path | None = None
@@ -145,10 +152,25 @@ def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
 
 
 def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | None = None) -> TrainResult:
-    """Fine-tune as ``cfg`` says and save the adapter (or full weights) and tokenizer to ``output_dir``."""
+    """Fine-tune as ``cfg`` says and save the adapter (or full weights) and tokenizer to ``output_dir``.
+
+    A run whose checkpoint is already at its last step only says so.  A full disk, while saving or
+    writing anything else, is an error naming the size needed; the last good checkpoint stays.
+    """
     console = console or Console(stderr=True)
     if rank() != 0:  # one process speaks for the run
         console = Console(quiet=True)
+        quiet_libraries()
+    output_dir = Path(cfg.output_dir)
+    resume_from = checkpoint_to_resume(cfg, console)
+    if resume_from is not None:
+        finished = checkpoints.finished_message(resume_from, cfg.max_steps, cfg.num_epochs)
+        if finished is not None:  # nothing to train: touch nothing
+            console.print(finished, markup=False, highlight=False, soft_wrap=True)
+            step = int(checkpoints.trainer_state(resume_from).get("global_step") or 0)
+            return TrainResult(output_dir, step, None, None, None, None, "already finished", resume_from)
+        if cfg.auto_resume:
+            console.print(f"auto_resume: resuming from {resume_from}", markup=False, highlight=False)
     hooks = manager.hooks
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
@@ -160,14 +182,14 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     console.print(
         f"data: {summary['train_rows']:,} train rows, {summary['eval_rows']:,} eval rows, "
         f"{summary['trained_tokens']:,} of {summary['tokens']:,} tokens trained; "
-        f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}" + data.packing_note(),
+        f"{'reusing cached' if data.from_cache else 'cached'} data in {data.cache_dir}"
+        + data.packing_note()
+        + data.dropped_note(),
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
     model = load_model(cfg, hooks, registry, tokenizer, new_token_ids)
-    output_dir = Path(cfg.output_dir)
-    resume_from = checkpoint_to_resume(cfg, console)
 
     callbacks = [*hooks.trainer_callbacks(cfg), *tracker_callbacks(cfg, registry)]
     trainer = FtkTrainer(
@@ -184,6 +206,35 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     )
     trainer.remove_callback(PrinterCallback)
     hooks.pre_train(cfg, trainer, trainer.model, data)
+    try:
+        return train_and_save(cfg, hooks, trainer, data, tokenizer, resume_from, console)
+    except FtkError:  # a full disk while saving says so itself
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        where = f"writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else "writing"
+        message = checkpoints.disk_full_message(
+            output_dir,
+            where,
+            None,
+            free_space(output_dir),
+            f"the run stopped at step {trainer.state.global_step}",
+        )
+        raise DiskFullError(message) from exc
+
+
+def train_and_save(
+    cfg: FtkConfig,
+    hooks: Hooks,
+    trainer: FtkTrainer,
+    data: PreparedData,
+    tokenizer: Any,
+    resume_from: Path | None,
+    console: Console,
+) -> TrainResult:
+    """Train, then save the final model and the reports, or say why the run stopped early."""
+    output_dir = Path(cfg.output_dir)
     on_cpu = trainer.args.device.type == "cpu"
     try:
         with trainer.guard.signal_handlers():
@@ -227,7 +278,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
             last = trainer.evaluate()
         eval_loss = last.get("eval_loss")
 
-    trainer.save_model(str(output_dir))
+    trainer.save_model_staged(output_dir)
     if trainer.args.should_save:
         write_resolved_config(cfg, output_dir)
         stats = json.dumps([vars(source) for source in data.sources], indent=2)
@@ -237,13 +288,28 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
     return TrainResult(output_dir, output.global_step, output.training_loss, eval_loss, data, trainer.model)
 
 
+def quiet_libraries() -> None:
+    """In a process other than rank 0: no progress bars, warnings or log records below errors from libraries."""
+    import logging
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+
 def checkpoint_to_resume(cfg: FtkConfig, console: Console) -> Path | None:
     """The checkpoint to continue from (``resume_from_checkpoint`` or, with ``auto_resume``, the latest).
 
     Also clears what an interrupted save left in ``output_dir``.
     """
     for leftover in checkpoints.remove_incomplete(cfg.output_dir):
-        console.print(f"removed an incomplete checkpoint: {leftover}", markup=False, highlight=False)
+        console.print(f"removed what an interrupted save left: {leftover}", markup=False, highlight=False)
     if cfg.resume_from_checkpoint:
         path = Path(cfg.resume_from_checkpoint)
         if not checkpoints.is_complete(path):
@@ -264,8 +330,6 @@ def checkpoint_to_resume(cfg: FtkConfig, console: Console) -> Path | None:
     latest = checkpoints.latest_checkpoint(cfg.output_dir)
     if latest is None:
         console.print(f"auto_resume: no checkpoint in {cfg.output_dir}; starting afresh", markup=False)
-    else:
-        console.print(f"auto_resume: resuming from {latest}", markup=False, highlight=False)
     return latest
 
 
@@ -322,15 +386,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; a stop by signal ends with 0 (the summary says where the checkpoint is)."""
+    if args.nproc_per_node < 1:
+        raise FtkError(f"--nproc-per-node: must be at least 1, not {args.nproc_per_node}")
     if args.nproc_per_node > 1:
-        # Each launched process prepares (and checks its machine) itself; this one validates first.
-        prepare(
-            args.config,
-            args.overrides,
-            purpose="validate",
-            manager=args.manager,
-            machine_problems_are_errors=False,
-        )
+        if world_size() > 1:
+            raise FtkError("--nproc-per-node: this process was already started by a distributed launcher")
+        # The whole check of a run, here, as rank 0 will make it: a config or machine problem is one
+        # line from this process, not one per process and a launcher traceback.
+        with as_rank_zero_of(args.nproc_per_node):
+            prepare(args.config, args.overrides, purpose="train", manager=args.manager)
         return launch(args.nproc_per_node, without_nproc(args.argv))
     prepared = prepare(args.config, args.overrides, purpose="train", manager=args.manager)
     run_training(prepared.cfg, prepared.manager)  # progress and the summary go to stderr
@@ -356,7 +420,7 @@ def launcher_command(nproc_per_node: int, ftk_args: Sequence[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "ftk.core.launch",  # torch.distributed.run, reporting a failed process by its exit code
         "--standalone",
         f"--nproc-per-node={nproc_per_node}",
         "-m",

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[green]{args.config}: valid[/]", highlight=False)
     if prepared.machine_problem is not None:
         for line in prepared.machine_problem.splitlines():
-            console.print(f"note: this machine cannot train it: {line}", markup=False, highlight=False)
+            console.print(
+                f"note: this machine cannot train it: {line}", markup=False, highlight=False, soft_wrap=True
+            )
     console.print(yaml.safe_dump(dump_config(prepared.cfg), sort_keys=False), markup=False, highlight=False)
     return 0

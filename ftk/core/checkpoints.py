@@ -8,12 +8,14 @@ A checkpoint is ``<output_dir>/checkpoint-<step>``.  It is first written as
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
-from ftk.core.files import fsync_tree, publish_directory
+from ftk.core.files import format_size, fsync_tree, publish_directory
 
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_PREFIX = ".incomplete-"
@@ -49,6 +51,53 @@ def complete_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
         return []
     found = [path for path in root.iterdir() if is_complete(path)]
     return sorted(found, key=lambda path: int(path.name.rpartition("-")[2]))
+
+
+def trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """What Trainer recorded in a checkpoint's ``trainer_state.json`` (step, epoch, logs)."""
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    return state if isinstance(state, dict) else {}
+
+
+def finished_message(checkpoint: Path, max_steps: int | None, num_epochs: float) -> str | None:
+    """The line saying that the run saved in ``checkpoint`` has no step left, or None when it has.
+
+    With ``max_steps`` the run ends at that step; otherwise after ``num_epochs`` passes over the
+    data (Trainer's ``epoch`` reaches it exactly on the last step of the last epoch).
+    """
+    state = trainer_state(checkpoint)
+    step = int(state.get("global_step") or 0)
+    if max_steps:
+        if step < max_steps:
+            return None
+        where, key = f"is at step {step} of {max_steps} (max_steps)", "max_steps"
+    else:
+        if float(state.get("epoch") or 0.0) < num_epochs - 1e-9:
+            return None
+        where, key = f"is at step {step}, the end of epoch {num_epochs:g} (num_epochs)", "num_epochs"
+    return f"already finished: {checkpoint} {where}; nothing to train (raise {key} to train further)"
+
+
+def disk_full_message(
+    output_dir: str | os.PathLike[str], what: str, needed: int | None, free: int | None, cleanup: str
+) -> str:
+    """One line for a save that found the disk full: where, what it needs, what is free, what is left.
+
+    ``what`` is the save ("saving checkpoint-4"), ``needed`` its estimated size, ``cleanup`` what
+    became of the partial files ("the incomplete checkpoint was removed").
+    """
+    sizes = []
+    if needed is not None:
+        sizes.append(f"it needs about {format_size(needed)}")
+    if free is not None:
+        sizes.append(f"{format_size(free)} free")
+    last = latest_checkpoint(output_dir)
+    where = (
+        f"the last good checkpoint is {last} (auto_resume: true continues from it)"
+        if last is not None
+        else "no checkpoint was saved before it"
+    )
+    return f"no space left on device while {what} in {output_dir}: {', '.join(sizes)}; {cleanup}; {where}"
 
 
 def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:

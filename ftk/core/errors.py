@@ -43,7 +43,13 @@ def raise_problems(problems: list[tuple[tuple[str | int, ...], str]]) -> None:
 
 
 def say(text: str) -> None:
-    """Print a one-line note to stderr as it is (no markup, no wrapping)."""
+    """Print a one-line note to stderr as it is (no markup, no wrapping); one process speaks for a run.
+
+    Under a distributed launcher every process runs the same code: only rank 0 prints.
+    """
+    import os
     import sys
 
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(text, file=sys.stderr)

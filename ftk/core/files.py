@@ -7,12 +7,24 @@ under a temporary sibling name and renamed into place.  Both follow the user's u
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from ftk.core.errors import FtkError
+
+#: errno values that mean the disk (or the user's quota on it) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How writers outside Python's file objects report it (safetensors: "... (os error 28)").
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
+
+
+class DiskFullError(FtkError):
+    """A write failed because the disk is full: a message naming where and how much is needed, exit code 2."""
 
 
 def _umask() -> int:
@@ -83,3 +95,69 @@ def publish_directory(staged: Path, final: Path) -> None:
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def publish_files(staged: Path, final: Path) -> None:
+    """Move every entry of the complete folder ``staged`` into the folder ``final``, then remove ``staged``.
+
+    Each file is replaced in one rename (a reader sees the old file or the new one, never half of
+    one); a folder is replaced by :func:`publish_directory`.
+    """
+    final.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(staged.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            publish_directory(entry, final / entry.name)
+        else:
+            os.replace(entry, final / entry.name)
+    staged.rmdir()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, says the disk or the quota is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(current).lower() for text in _DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def tree_size(path: str | os.PathLike[str]) -> int:
+    """Bytes in the files under ``path`` (or of the file ``path``); 0 when nothing is there."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for item in path.rglob("*") if path.is_dir() else ():
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:  # removed while counting
+            continue
+    return total
+
+
+def free_space(path: str | os.PathLike[str]) -> int | None:
+    """Bytes free to this user on the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def format_size(size: float) -> str:
+    """``18.0 MiB``: a byte count in binary units, one decimal (whole bytes below 1 KiB)."""
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import torch
+from ftk.core.errors import FtkError
 
 #: Variables a distributed launcher (torchrun, accelerate, deepspeed) sets for each process.
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -27,17 +29,28 @@ def rank() -> int:
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
     """Let rank 0 do the work first (e.g. write the data cache) while the others wait, then the rest."""
+    import torch
+
     if world_size() <= 1:
         yield
         return
     from accelerate import PartialState
 
-    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
-        yield
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        try:
+            state.wait_for_everyone()
+        except RuntimeError as exc:  # the main process is gone: it has printed why
+            raise FtkError(f"process {rank()} stopped: the main process ended while it waited") from exc
+    yield
+    if state.is_main_process:
+        state.wait_for_everyone()
 
 
 def distributed_arguments() -> dict[str, Any]:
     """TrainingArguments that make several processes one DDP run: on a machine without GPUs, gloo on CPU."""
+    import torch
+
     if world_size() > 1 and not torch.cuda.is_available():
         return {"use_cpu": True, "ddp_backend": "gloo"}
     return {}
@@ -78,3 +91,52 @@ def one_process_note(section: str, processes: int, gpus: int, offloaded: bool) -
     if not offloaded:
         return f"{section}: one process, so there is nothing to shard across; only CPU offload saves GPU memory here"
     return None
+
+
+@contextlib.contextmanager
+def as_rank_zero_of(processes: int) -> Iterator[None]:
+    """Inside, this process looks like rank 0 of ``processes`` launched ones (to check a run before launching it)."""
+    seen = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes)}
+    saved = {name: os.environ.get(name) for name in seen}
+    os.environ.update(seen)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_launcher(argv: Sequence[str]) -> int:
+    """Run ``torch.distributed.run`` (``torchrun``) with ``argv``; return the exit code of the first process that failed.
+
+    A process of ``ftk`` that fails has printed why (one ``error:`` line, or its traceback), so
+    torchrun's own report of the failure, a traceback of the launcher, is left out.  A process
+    killed by a signal gets one line here.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if "LOGLEVEL" not in os.environ:  # torchrun's loggers take their level from it
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(list(argv)))
+    except ChildFailedError as exc:
+        first, failure = exc.get_first_failure()
+        if failure.exitcode > 0:
+            return failure.exitcode
+        print(f"error: training process {first} was stopped by {failure.signal_name()}", file=sys.stderr)
+        return 1
+    except SignalException as exc:
+        print(f"interrupted ({exc.sigval.name})", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    return 0
+
+
+if __name__ == "__main__":  # python -m ftk.core.launch TORCHRUN_ARGUMENTS
+    sys.exit(run_launcher(sys.argv[1:]))

@@ -1,10 +1,11 @@
 """One lifecycle for every command that takes a config: prepare, then run.
 
 ``prepare`` reads the config and its overrides, loads the plugins it names, validates it against
-the schema, the plugins' sections and registrations and their ``config_problems``, then asks the
-``check_environment`` hook whether this machine can do what the command is for.  Only then does
-a command touch data or models, so a run that cannot start fails in a second, before anything
-is written.
+the schema, the plugins' sections and registrations and their ``config_problems``, checks the
+paths the command will read and write (``ftk.core.config.paths``), then asks the core
+(``ftk.core.machine``) and the ``check_environment`` hook whether this machine can do what the
+command is for.  Only then does a command touch data or models, so a run that cannot start fails
+in a second, before anything is written.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftk.core.config.loader import load_config
+from ftk.core.config.loader import ConfigErrors, read_config
+from ftk.core.config.paths import path_problems
 from ftk.core.errors import FtkError
+from ftk.core.machine import machine_problems
 
 if TYPE_CHECKING:
     from ftk.core.config.schema import FtkConfig
@@ -56,16 +59,26 @@ def prepare(
     manager: FtkPluginManager | None = None,
     machine_problems_are_errors: bool = True,
 ) -> Prepared:
-    """Validate ``config`` with its plugins and check this machine for ``purpose``.
+    """Validate ``config`` with its plugins, check its paths and this machine for ``purpose``.
 
     A machine problem is an FtkError, unless ``machine_problems_are_errors`` is false (``ftk
-    validate`` reports it as a note and still succeeds).
+    validate`` reports it as a note and still succeeds).  A path that cannot work is always an
+    error.
     """
-    cfg, manager = load_config(config, overrides, manager=manager)
+    cfg, manager, source = read_config(config, overrides, manager=manager)
+    config_dir = source.path.parent
+    paths = ConfigErrors(source)
+    for loc, message in path_problems(cfg, config_dir, purpose):
+        paths.add(loc, message)
+    paths.raise_if_any()
+    machine = ConfigErrors(source)
+    for loc, message in machine_problems(cfg, config_dir, purpose):
+        machine.add(loc, message)
+    lines = machine.lines()
     try:
         manager.hooks.check_environment(cfg, purpose)
     except FtkError as exc:
-        if machine_problems_are_errors:
-            raise
-        return Prepared(cfg, manager, str(exc))
-    return Prepared(cfg, manager)
+        lines += str(exc).splitlines()
+    if lines and machine_problems_are_errors:
+        raise FtkError("\n".join(lines))
+    return Prepared(cfg, manager, "\n".join(lines) if lines else None)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -33,6 +34,8 @@ class LossOutput:
 
 def trained_position_mask(labels: torch.Tensor) -> torch.Tensor:
     """Boolean (batch, seq) mask of the positions whose next token is trained."""
+    import torch
+
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = labels[:, 1:].ne(IGNORE_INDEX)
     return mask

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, say
 from ftk.core.lm import has_router, router_aux_loss_coef
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def load_tokenizer(cfg: FtkConfig, hooks: Hooks) -> tuple[PreTrainedTokenizerBas
 
 def load_base_model(cfg: FtkConfig, hooks: Hooks, tokenizer: PreTrainedTokenizerBase, purpose: str) -> Any:
     """The base model, before any adapter: pre_model_load, load_model, then the core's additions, post_model_load."""
+    say(f"model: loading {cfg.base_model}")  # a log shows what the next seconds (or minutes) are spent on
     hooks.pre_model_load(cfg, purpose)
     model = hooks.load_model(cfg, tokenizer, hooks.model_load_kwargs(cfg, purpose))
     if model is None:

@@ -12,6 +12,7 @@ list.  Environment variables:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -70,8 +71,15 @@ def _env_list(name: str) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _describe_exception(exc: BaseException) -> str:
-    """One line naming the exception and where it was raised (the innermost frame)."""
+def _describe_exception(exc: BaseException, module_path: str = "") -> str:
+    """One line naming the exception and where it was raised (the innermost frame).
+
+    When the missing module is the plugin's own (a misspelt or uninstalled plugin), the line says
+    just that; a plugin that fails on a missing dependency keeps the place of its import.
+    """
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and (module_path == missing or module_path.startswith(f"{missing}.")):
+        return f"no module named {missing!r} (is the package installed in this Python?)"
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -115,7 +123,7 @@ class FtkPluginManager:
         except Exception as exc:  # a broken plugin is an error, never a warning
             raise PluginImportError(
                 f"plugin {name!r} ({source}, module {module_path!r}) failed to import: "
-                f"{_describe_exception(exc)}"
+                f"{_describe_exception(exc, module_path)}"
             ) from exc
 
     def load_builtins(self) -> None:

@@ -16,8 +16,9 @@ One optimizer step, in order:
    and the schedule are the registered ones ``optimizer`` and ``lr_scheduler`` name.
 5. **After the step** (callbacks, ``on_step_end``): the run guard stops on a non-finite loss or
    norm (nothing saved) or on a signal (save, then stop); then Trainer logs (loss, grad norm,
-   learning rate, tokens/s, token count, plugin metrics), evaluates (token-mean ``eval_loss``)
-   and saves a checkpoint (staged, then renamed: ``ftk.integrations.transformers_trainer``).
+   the learning rate this step used, tokens/s and token count over every process, plugin
+   metrics), evaluates (token-mean ``eval_loss``) and saves a checkpoint (staged, then renamed:
+   ``ftk.integrations.transformers_trainer``; a full disk is an error naming the size needed).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ class FtkTrainer(StagedCheckpointTrainer):
         self.registry = registry
         # Ask Trainer to count the trained tokens of each whole optimizer step (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
+        # Real tokens this process trained on since train() began; with the whole run's count at
+        # the checkpoint resumed from, every process's counts sum to the run's (job_tokens).
         self._tokens_seen = torch.zeros((), dtype=torch.long)
+        self._tokens_before = 0
         self._tokens_at_last_log = 0
         self._time_at_last_log: float | None = None
         self.step_metrics = StepMetrics()
@@ -121,6 +125,9 @@ class FtkTrainer(StagedCheckpointTrainer):
         self.guard = RunGuard(self._step_health)
         self.add_callback(self.guard)
         self.add_callback(_TokenCounterRestore(self))
+        #: The learning rate the last optimizer step used (read right before ``optimizer.step()``).
+        self.step_learning_rate: float | None = None
+        self.add_callback(_StepLearningRate(self))
 
     def compute_loss(
         self,
@@ -239,11 +246,36 @@ class FtkTrainer(StagedCheckpointTrainer):
             self.mark_scheduler_created()
         return self.lr_scheduler
 
+    def job_tokens(self) -> int:
+        """The real tokens trained on so far by every process of the run (one small all-reduce).
+
+        Every process must call it at the same point, as Trainer calls ``log`` and saves.
+        """
+        count = self._tokens_seen
+        if (
+            self.args.world_size > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            count = count.to(self.args.device, copy=True)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.SUM)
+        return self._tokens_before + int(count.item())
+
+    def before_checkpoint(self) -> None:
+        """Record the run's exact token count in the trainer state the checkpoint saves."""
+        self.state.num_input_tokens_seen = self.job_tokens()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``tokens_per_second``, ``num_tokens`` and the plugins' metrics to training log entries."""
+        """Add ``tokens_per_second``, ``num_tokens`` and the plugins' metrics to training log entries.
+
+        ``learning_rate`` is the rate the logged step's update used (not the next step's);
+        ``num_tokens`` and ``tokens_per_second`` count the tokens of every process.
+        """
         if "loss" in logs:
+            if self.step_learning_rate is not None:
+                logs["learning_rate"] = self.step_learning_rate
             now = time.perf_counter()
-            seen = int(self._tokens_seen.item())
+            seen = self.job_tokens()
             if self._time_at_last_log is not None and now > self._time_at_last_log:
                 rate = (seen - self._tokens_at_last_log) / (now - self._time_at_last_log)
                 logs["tokens_per_second"] = round(rate, 1)
@@ -254,9 +286,10 @@ class FtkTrainer(StagedCheckpointTrainer):
         super().log(logs, start_time)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """Train, measuring token throughput from this call on."""
+        """Train, counting tokens and measuring throughput from this call on (or from the checkpoint's count)."""
+        self._tokens_seen.zero_()
+        self._tokens_before = self._tokens_at_last_log = 0
         self._time_at_last_log = time.perf_counter()
-        self._tokens_at_last_log = int(self._tokens_seen.item())
         return super().train(*args, **kwargs)
 
 
@@ -297,14 +330,24 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [group for group in groups if group["params"]]
 
 
+class _StepLearningRate(TrainerCallback):
+    """Keeps the learning rate each optimizer step runs at, read before the update and the schedule's step."""
+
+    def __init__(self, trainer: FtkTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        optimizer = self.trainer.optimizer
+        if optimizer is not None and optimizer.param_groups:
+            self.trainer.step_learning_rate = float(optimizer.param_groups[0]["lr"])
+
+
 class _TokenCounterRestore(TrainerCallback):
-    """On resume, continue the trained-token count from the checkpoint's trainer state."""
+    """On resume, continue the run's token count from the checkpoint's trainer state."""
 
     def __init__(self, trainer: FtkTrainer) -> None:
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        seen = int(state.num_input_tokens_seen or 0)
-        if seen:
-            self.trainer._tokens_seen.fill_(seen)
-            self.trainer._tokens_at_last_log = seen
+        seen = int(state.num_input_tokens_seen or 0)  # the whole run's count (0 when starting afresh)
+        self.trainer._tokens_before = self.trainer._tokens_at_last_log = seen

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
 
@@ -27,6 +25,7 @@ def bnb_config(
     quant_storage: str = "uint8",
 ) -> BitsAndBytesConfig:
     """transformers' ``BitsAndBytesConfig`` for 4-bit (with the ``bnb_4bit_*`` settings) or 8-bit weights."""
+    import torch
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
@@ -44,6 +43,8 @@ def bnb_config(
 
 def training_device() -> str:
     """The kind of device this process trains on: ``cuda``, ``xpu`` or ``cpu``."""
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     xpu = getattr(torch, "xpu", None)

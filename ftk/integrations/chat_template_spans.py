@@ -35,7 +35,6 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.ext import Extension
 from jinja2.nodes import Concat, Node, Scope
 from jinja2.parser import Parser
-from transformers.utils.chat_template_utils import _compile_jinja_template
 
 #: A run of text: ``(length, message index or -1, field, offset in that field's text)``.  Template
 #: text is ``(length, -1, "", 0)``.
@@ -232,6 +231,8 @@ class _InlineGeneration(Extension):
 @lru_cache(maxsize=32)
 def compile_tracking_template(template: str) -> Template:
     """``template`` compiled in transformers' chat-template environment, with tracking ``~``."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
     environment = _compile_jinja_template(template).environment.overlay(extensions=[_InlineGeneration])
     environment.code_generator_class = _TrackingCodeGenerator
     environment.ftk_concatenate = _concatenate

@@ -21,11 +21,12 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ftk.core.errors import FtkError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The kernel switches ftk passes to Liger's patch functions (config key -> the keyword arguments
 #: it sets; the GLU switch is ``swiglu`` in most families and ``geglu`` in the Gemma ones).
@@ -60,6 +61,8 @@ def runtime_problem(gpu: bool, liger_installed: bool, triton_installed: bool) ->
 
 def gpu_available() -> bool:
     """Whether torch sees a GPU that Liger has kernels for (CUDA and ROCm builds, Intel XPU)."""
+    import torch
+
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from transformers import TorchAoConfig
 
@@ -44,6 +42,8 @@ def torchao_config(method: str) -> TorchAoConfig:
 
 def cuda_capability() -> tuple[int, int] | None:
     """The compute capability of this process's CUDA GPU, or None without one (ROCm counts as none)."""
+    import torch
+
     if not torch.cuda.is_available() or torch.version.cuda is None:
         return None
     major, minor = torch.cuda.get_device_capability()
@@ -69,6 +69,8 @@ def hardware_problem(method: str, capability: tuple[int, int] | None, rocm: bool
 
 def this_hardware_problem(method: str) -> str | None:
     """:func:`hardware_problem` for the hardware this process runs on."""
+    import torch
+
     xpu = getattr(torch, "xpu", None)
     return hardware_problem(
         method,

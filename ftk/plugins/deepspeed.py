@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import RootModel, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -187,6 +186,8 @@ def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: DeepSpeed installed, a GPU, and the preset fits the process count."""
     if deepspeed_config(cfg) is None or purpose not in TRAINING:
         return
+    import torch
+
     raise_problems(config_problems(cfg, processes=world_size()))
     problem = runtime_problem(deepspeed_installed(), torch.cuda.device_count())
     if problem is not None:
@@ -203,6 +204,8 @@ def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
 @hookimpl
 def pre_train(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedData) -> None:
     """Notes on the main process: a JSON optimizer or scheduler block replacing ftk's, a one-process run."""
+    import torch
+
     config = deepspeed_config(cfg)
     if config is None or not trainer.args.should_save:
         return

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import AliasChoices, Field, RootModel, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from transformers import TrainerCallback
 
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say, suggest
 from ftk.core.hookspecs import hookimpl
@@ -22,6 +21,7 @@ from ftk.core.launch import one_process_note
 from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
+    import torch
     from transformers import Trainer
 
     from ftk.core.data.pipeline import PreparedData
@@ -293,6 +293,8 @@ def check_environment(cfg: FtkConfig, purpose: str) -> None:
     """Before any data work: there are GPUs to shard over."""
     if fsdp_settings(cfg) is None or purpose not in TRAINING:
         return
+    import torch
+
     problem = runtime_problem(torch.cuda.device_count())
     if problem is not None:
         raise FtkError(problem)
@@ -308,6 +310,8 @@ def training_arguments(cfg: FtkConfig) -> dict[str, Any]:
 @hookimpl
 def pre_train(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedData) -> None:
     """Check the layer classes against the model; keep the final save whole with sharded checkpoints."""
+    import torch
+
     settings = fsdp_settings(cfg)
     if settings is None:
         return

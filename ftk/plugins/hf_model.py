@@ -5,14 +5,15 @@ Both hooks are ``trylast``: a plugin that loads models its own way answers first
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from ftk.core.config.schema import FtkConfig
 from ftk.core.errors import FtkError
 from ftk.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 def _load_error(what: str, name: str, exc: Exception) -> FtkError:
@@ -21,6 +22,8 @@ def _load_error(what: str, name: str, exc: Exception) -> FtkError:
 
 def model_dtype(cfg: FtkConfig) -> torch.dtype:
     """The dtype the base weights are loaded in: bf16/fp16 when asked for, else float32."""
+    import torch
+
     if cfg.bf16:
         return torch.bfloat16
     if cfg.fp16:
@@ -31,6 +34,8 @@ def model_dtype(cfg: FtkConfig) -> torch.dtype:
 @hookimpl(trylast=True)
 def load_tokenizer(cfg: FtkConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of ``tokenizer_config`` (or ``base_model``)."""
+    from transformers import AutoTokenizer
+
     name = cfg.tokenizer_config or cfg.base_model
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
@@ -41,6 +46,8 @@ def load_tokenizer(cfg: FtkConfig) -> PreTrainedTokenizerBase:
 @hookimpl(trylast=True)
 def load_model(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase, load_kwargs: dict[str, Any]) -> Any:
     """``base_model`` with AutoModelForCausalLM; ``load_kwargs`` (e.g. a ``quantization_config``) go to ``from_pretrained``."""
+    from transformers import AutoModelForCausalLM
+
     kwargs: dict[str, Any] = {"dtype": model_dtype(cfg), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation

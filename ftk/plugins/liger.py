@@ -14,10 +14,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from pydantic import Field
-from transformers import AutoConfig
 
 from ftk.core.config.schema import StrictModel
 from ftk.core.errors import FtkError
@@ -27,6 +24,7 @@ from ftk.core.lm import LossOutput, causal_lm, logit_transform, trained_position
 from ftk.integrations import liger
 
 if TYPE_CHECKING:
+    import torch
     from transformers import Trainer
 
     from ftk.core.config.schema import FtkConfig
@@ -36,7 +34,7 @@ FUSED_KEY = "liger_fused_linear_cross_entropy"
 CROSS_ENTROPY_KEY = "liger_cross_entropy"
 
 #: ``kernel(hidden, weight, targets, bias=, softcap=)``: summed cross-entropy of the head's logits.
-LinearCrossEntropy = Callable[..., torch.Tensor]
+LinearCrossEntropy = Callable[..., "torch.Tensor"]
 
 
 class LigerSettings(StrictModel):
@@ -75,6 +73,8 @@ def selected_kernels(cfg: FtkConfig) -> dict[str, bool]:
 
 def model_type(cfg: FtkConfig, key: str) -> str:
     """The ``model_type`` of ``base_model``'s config (what Liger's patch functions are keyed by)."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(cfg.base_model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -157,6 +157,8 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
 
 def check_output_head(head: torch.nn.Module | None) -> torch.nn.Module:
     """The output head, if the fused loss can use it: present, and not LoRA-adapted."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     if head is None:
         raise FtkError(f"{FUSED_KEY}: the model has no output head (get_output_embeddings() is None)")
     if isinstance(head, BaseTunerLayer):
@@ -174,6 +176,8 @@ def output_head_parameters(head: torch.nn.Module) -> tuple[torch.Tensor, torch.T
     (the trained copy, or the base weight with the trained rows merged in).  A head without a plain
     2-D weight (still sharded, or quantized) is an error.
     """
+    import torch
+
     weight = getattr(head, "weight", None)
     if (
         not isinstance(weight, torch.Tensor)
@@ -202,6 +206,8 @@ def fused_head(
     The loss is computed right there because DeepSpeed ZeRO-3 and FSDP materialise a sharded head's
     weight only around the head's own forward.
     """
+    import torch
+
     results: list[torch.Tensor] = []
 
     def run(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import LoraConfig, get_peft_model
 from pydantic import Field
 
 from ftk.core.config.schema import FtkConfig, StrictModel
@@ -24,6 +22,9 @@ from ftk.core.files import publish_directory, staging_directory
 from ftk.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+
     from ftk.core.hooks import Hooks
     from ftk.core.registry import Register
 
@@ -83,6 +84,8 @@ def output_head_name(model: torch.nn.Module) -> str | None:
 
 def router_names(model: torch.nn.Module) -> list[str]:
     """Full names of MoE routers: modules beside an ``experts`` module named like a gate or router."""
+    import torch
+
     routers = []
     for prefix, module in model.named_modules():
         if not isinstance(getattr(module, "experts", None), torch.nn.Module):
@@ -96,6 +99,8 @@ def router_names(model: torch.nn.Module) -> list[str]:
 
 def expert_parameter_names(model: torch.nn.Module) -> list[str]:
     """Fused expert weights (3-D parameters outside convolutions), as ``module.param`` suffixes."""
+    import torch
+
     names = set()
     for prefix, module in model.named_modules():
         if isinstance(module, torch.nn.modules.conv._ConvNd):
@@ -117,6 +122,8 @@ def linear_targets(model: torch.nn.Module) -> tuple[list[str], list[str]]:
 
     Every ``nn.Linear`` except the output head and MoE routers, and every fused expert weight.
     """
+    import torch
+
     excluded = [name for name in [output_head_name(model), *router_names(model)] if name]
     linears = [
         name
@@ -129,6 +136,8 @@ def linear_targets(model: torch.nn.Module) -> tuple[list[str], list[str]]:
 
 def _known_names(model: torch.nn.Module, limit: int = 12) -> str:
     """A few adaptable names of ``model`` (linear layers, fused expert weights, routers) for messages."""
+    import torch
+
     names: list[str] = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and _leaf(name) not in names:
@@ -141,6 +150,7 @@ def _known_names(model: torch.nn.Module, limit: int = 12) -> str:
 
 def _names_peft_maps(model: torch.nn.Module, names: set[str]) -> set[str]:
     """The ``names`` that peft renames onto this model (transformers 4 MoE names on fused experts)."""
+    from peft import LoraConfig
     from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
 
     probe = LoraConfig(target_modules=set(names))
@@ -253,6 +263,8 @@ def embedding_plan(
 
 def lora_config(cfg: FtkConfig, model: torch.nn.Module, new_token_ids: tuple[int, ...] = ()) -> LoraConfig:
     """peft's LoraConfig for the ``lora_*`` and ``peft_*`` keys, resolved against ``model``."""
+    from peft import LoraConfig
+
     lora = settings(cfg)
     modules: list[str] = []
     parameters: list[str] = []
@@ -301,6 +313,8 @@ def _peft_error(exc: Exception, cfg: LoraSettings) -> FtkError:
 
 def targeted_linears(model: torch.nn.Module, config: LoraConfig) -> set[str]:
     """Full names of the ``nn.Linear`` layers that ``config.target_modules`` names (before peft)."""
+    import torch
+
     targets = config.target_modules
     if not targets or isinstance(targets, str):
         return set()
@@ -332,6 +346,8 @@ def _report_unadapted(wanted: set[str], peft_model: Any) -> None:
 
 def apply_lora(cfg: FtkConfig, model: Any, new_token_ids: tuple[int, ...] = ()) -> Any:
     """Wrap ``model`` with the LoRA adapter the keys describe; the rows of ``new_token_ids`` train too."""
+    from peft import get_peft_model
+
     config = lora_config(cfg, model, new_token_ids)
     lora = settings(cfg)
     wanted = targeted_linears(model, config)

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.config.schema import FtkConfig
 from ftk.core.hookspecs import hookimpl
 

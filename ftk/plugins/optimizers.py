@@ -2,7 +2,8 @@
 
 Optimizers: ``adamw_torch``, ``adamw_torch_fused``, ``adamw_bnb_8bit`` (CUDA), ``sgd``,
 ``adafactor``.  Schedules: ``cosine``, ``linear``, ``constant``, each after a linear warmup
-(the first step runs at 0, as in transformers); the formulas are in ``docs/training.md``.
+whose first step already learns (step k of W runs at k/(W+1) of the peak, where transformers'
+warmup spends its first step at 0); the formulas are in ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
-from transformers.optimization import Adafactor
 
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say
@@ -23,6 +22,8 @@ from ftk.core.hookspecs import hookimpl
 from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
+    import torch
+
     from ftk.core.registry import Register
 
 SECTION = "optimizers"
@@ -62,6 +63,8 @@ def fused_adamw_problem(params: Iterable[torch.Tensor]) -> str | None:
     torch checks only at the first step, so this runs one fused step on a one-element tensor of
     each (device, dtype) the parameters use.
     """
+    import torch
+
     for device, dtype in sorted({(p.device, p.dtype) for p in params}, key=str):
         try:
             probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
@@ -73,6 +76,8 @@ def fused_adamw_problem(params: Iterable[torch.Tensor]) -> str | None:
 
 
 def _adamw(cfg: FtkConfig, groups: list[dict], fused: bool) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(groups, **_adam(cfg), fused=fused or None)
 
 
@@ -97,6 +102,8 @@ def import_optional(module: str, extra: str, key: str, purpose: str) -> ModuleTy
 
 def import_bnb_optim() -> ModuleType:
     """``bitsandbytes.optim``, after checking for a CUDA GPU (its 8-bit AdamW needs one)."""
+    import torch
+
     if not torch.cuda.is_available():
         raise FtkError("optimizer: adamw_bnb_8bit needs a CUDA GPU and none is available; use adamw_torch")
     return import_optional("bitsandbytes.optim", "bnb", "optimizer", "adamw_bnb_8bit")
@@ -104,6 +111,8 @@ def import_bnb_optim() -> ModuleType:
 
 def bnb_adamw_8bit(cfg: FtkConfig, groups: list[dict], model: torch.nn.Module) -> torch.optim.Optimizer:
     """bitsandbytes' 8-bit AdamW (CUDA only); embedding matrices keep 32-bit optimizer state."""
+    import torch
+
     bnb_optim = import_bnb_optim()
     optimizer = bnb_optim.AdamW8bit(groups, **_adam(cfg))
     # 8-bit state for embeddings is known to destabilise training (bitsandbytes' own advice).
@@ -116,11 +125,15 @@ def bnb_adamw_8bit(cfg: FtkConfig, groups: list[dict], model: torch.nn.Module) -
 
 def sgd(cfg: FtkConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """torch SGD with momentum 0.9 (fixed); weight decay is added to the gradient, torch's way."""
+    import torch
+
     return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=SGD_MOMENTUM)
 
 
 def adafactor(cfg: FtkConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """transformers' Adafactor at the explicit ``learning_rate`` (no relative step, no parameter scaling)."""
+    from transformers.optimization import Adafactor
+
     return Adafactor(
         groups, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
     )
@@ -140,9 +153,13 @@ OPTIMIZERS: dict[str, Callable[[FtkConfig, list[dict], torch.nn.Module], torch.o
 
 
 def lr_multiplier(step: int, shape: str, warmup: int, total: int, floor: float) -> float:
-    """The share of the peak learning rate at optimizer step ``step`` (formulas in the module docstring)."""
+    """The share of the peak learning rate that optimizer step ``step`` (counted from 0) runs at.
+
+    Warmup: step ``s < W`` runs at ``(s + 1) / (W + 1)``, so no step is spent at 0 and step ``W`` is
+    the first at the peak, where the decay over ``p = (s - W) / (T - W)`` begins (docs/training.md).
+    """
     if step < warmup:
-        return step / warmup
+        return (step + 1) / (warmup + 1)
     if shape == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -171,6 +188,8 @@ def lambda_schedule(
     def build(
         cfg: FtkConfig, optimizer: torch.optim.Optimizer, num_training_steps: int, num_warmup_steps: int
     ) -> torch.optim.lr_scheduler.LRScheduler:
+        import torch
+
         floor = cfg.section(SECTION).min_lr_ratio
         if shape == "constant" and floor > 0:
             _note("min_lr_ratio does not apply to lr_scheduler: constant; ignored")

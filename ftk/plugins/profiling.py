@@ -12,17 +12,19 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, RootModel
 from rich.console import Console
 from rich.table import Table
-from transformers import TrainerCallback
 
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.hookspecs import hookimpl
 from ftk.core.registry import Register
+
+if TYPE_CHECKING:
+    import torch
 
 STEPS_KEY = "profiler_steps"
 START_KEY = "profiler_steps_start"
@@ -199,6 +201,8 @@ class StepProfilerCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         """Start the profiler at the window's first step; mark each step of the window in the trace."""
+        import torch
+
         if self.finished or not self.window.start <= state.global_step < self.window.end:
             return
         if self.profiler is None:
@@ -239,6 +243,8 @@ class StepProfilerCallback(TrainerCallback):
         return self.on_cuda and self.window.settings.profile_memory
 
     def _start(self) -> None:
+        import torch
+
         settings = self.window.settings
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.on_cuda:
@@ -264,12 +270,16 @@ class StepProfilerCallback(TrainerCallback):
 
     def _discard(self) -> None:
         """Stop recording without writing anything."""
+        import torch
+
         self._stop()
         if self.records_memory_history:
             torch.cuda.memory._record_memory_history(enabled=None)
 
     def _finish(self, args, state, note: str) -> None:
         """Stop recording, write the trace (and memory snapshot), print and write the top operations."""
+        import torch
+
         profiler = self._stop()
         self.finished = True
         self.directory.mkdir(parents=True, exist_ok=True)

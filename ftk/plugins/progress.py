@@ -12,8 +12,8 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from transformers import TrainerCallback
 
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.hookspecs import hookimpl
 
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from packaging.version import Version
 from pydantic import Field
-from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, TORCHAO_MIN_VERSION
 
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 SECTION = "quantization"
 BNB_SECTION = "bitsandbytes"
 BNB_INSTALL = "pip install 'ftk[bnb]'"
-TORCHAO_INSTALL = f"pip install 'torchao>={TORCHAO_MIN_VERSION}'"
+TORCHAO_INSTALL = "pip install 'torchao>={version}'"
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -197,11 +196,15 @@ def require_package(package: str, minimum: str, key: str, install: str) -> str:
 
 def check_machine(quant: Quantization) -> None:
     """Raise an FtkError naming the key when this machine cannot load the base as ``quant`` says."""
+    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, TORCHAO_MIN_VERSION
+
     if quant.backend == "torchao":
         problem = torchao.this_hardware_problem(str(quant.method))
         if problem:
             raise FtkError(f"{quant.key}: {problem}")
-        require_package("torchao", TORCHAO_MIN_VERSION, quant.key, TORCHAO_INSTALL)
+        require_package(
+            "torchao", TORCHAO_MIN_VERSION, quant.key, TORCHAO_INSTALL.format(version=TORCHAO_MIN_VERSION)
+        )
         return
     installed = require_package("bitsandbytes", BITSANDBYTES_MIN_VERSION, quant.key, BNB_INSTALL)
     problem = bnb.device_problem(bnb.supported_devices(), bnb.training_device())

@@ -12,8 +12,6 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from transformers import TrainerCallback
-from transformers.integrations import TensorBoardCallback, WandbCallback
 
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError
@@ -21,6 +19,8 @@ from ftk.core.hookspecs import hookimpl
 from ftk.core.lifecycle import TRAINING
 
 if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
     from ftk.core.registry import Register
 
 SECTION = "trackers"
@@ -42,28 +42,36 @@ class TrackerSettings(StrictModel):
     )
 
 
-class FtkWandbCallback(WandbCallback):
+def _wandb(cfg: FtkConfig) -> TrainerCallback:
     """transformers' W&B callback, starting the run with the config's project, entity, mode and name."""
+    from transformers.integrations import WandbCallback
 
-    def __init__(self, cfg: FtkConfig) -> None:
-        super().__init__()
-        self.settings: TrackerSettings = cfg.section(SECTION)
-        self.output_dir = cfg.output_dir
+    class FtkWandbCallback(WandbCallback):
+        """Starts the W&B run itself (``setup``), from the config's wandb_* keys."""
 
-    def setup(self, args: Any, state: Any, model: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero and self._wandb.run is None:
-            settings = self.settings
-            self._wandb.init(
-                project=settings.wandb_project or os.environ.get("WANDB_PROJECT", "huggingface"),
-                entity=settings.wandb_entity,  # None: wandb reads WANDB_ENTITY
-                mode=settings.wandb_mode,  # None: wandb reads WANDB_MODE
-                name=settings.wandb_name or args.run_name,
-                dir=os.environ.get("WANDB_DIR", self.output_dir),
-            )
-        super().setup(args, state, model, **kwargs)
+        def __init__(self, cfg: FtkConfig) -> None:
+            super().__init__()
+            self.settings: TrackerSettings = cfg.section(SECTION)
+            self.output_dir = cfg.output_dir
+
+        def setup(self, args: Any, state: Any, model: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero and self._wandb.run is None:
+                settings = self.settings
+                self._wandb.init(
+                    project=settings.wandb_project or os.environ.get("WANDB_PROJECT", "huggingface"),
+                    entity=settings.wandb_entity,  # None: wandb reads WANDB_ENTITY
+                    mode=settings.wandb_mode,  # None: wandb reads WANDB_MODE
+                    name=settings.wandb_name or args.run_name,
+                    dir=os.environ.get("WANDB_DIR", self.output_dir),
+                )
+            super().setup(args, state, model, **kwargs)
+
+    return FtkWandbCallback(cfg)
 
 
 def _tensorboard(cfg: FtkConfig) -> TrainerCallback:
+    from transformers.integrations import TensorBoardCallback
+
     return TensorBoardCallback()
 
 
@@ -84,7 +92,7 @@ SWITCHES = {
 def register_trackers(register: Register) -> None:
     """Offer ``report_to: [tensorboard]`` and ``report_to: [wandb]``."""
     register("tensorboard", _tensorboard, enabled_by=SWITCHES["tensorboard"])
-    register("wandb", FtkWandbCallback, enabled_by=SWITCHES["wandb"])
+    register("wandb", _wandb, enabled_by=SWITCHES["wandb"])
 
 
 @hookimpl

@@ -27,18 +27,20 @@ user = instruction plus the input after a blank line, assistant = output) and ha
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
-from ftk.core.errors import RowError
 from ftk.core.lm import IGNORE_INDEX
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
+from ftk.prompt_strategies.fields import required_text
 from ftk.prompt_strategies.templates import known_template_name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PREAMBLE_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -84,12 +86,8 @@ class AlpacaOptions(StrictModel):
 
 def read_row(row: dict[str, Any], options: AlpacaOptions) -> tuple[str | None, str, str, str]:
     """``(system, instruction, input, output)`` of a row; input is "" when absent, system None when unset."""
-    instruction = text_field(row, options.field_instruction)
-    if instruction is None:
-        raise RowError(f"{options.field_instruction}: missing")
-    output = text_field(row, options.field_output)
-    if output is None:
-        raise RowError(f"{options.field_output}: missing")
+    instruction = required_text(row, options.field_instruction, "field_instruction")
+    output = required_text(row, options.field_output, "field_output")
     given_input = text_field(row, options.field_input) or ""
     if not given_input.strip():
         given_input = ""

@@ -1,6 +1,9 @@
 """Reading chat rows: messages with canonical roles, tool calls and reasoning, and tool definitions.
 
 Used by ``type: chat_template``; a row that cannot be read raises ``RowError`` naming the field.
+A message's role and content must be set: a null (or missing) content is an error, except in an
+assistant message that has tool calls or reasoning instead (its content is then "").  An empty
+string is text like any other.
 """
 
 from __future__ import annotations
@@ -8,7 +11,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ftk.core.errors import RowError
+from pydantic import ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from ftk.core.errors import RowError, suggest
+from ftk.prompt_strategies.fields import missing_field
 
 if TYPE_CHECKING:
     from ftk.prompt_strategies.chat_template import ChatTemplateOptions
@@ -19,6 +26,26 @@ MESSAGE_PROPERTIES = ("reasoning_content", "tool_calls", "name", "tool_call_id")
 #: Names a message's reasoning may have, as transformers reads them.
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 REASONING = "reasoning_content"
+
+
+def known_roles_to_train(value: list[str], info: ValidationInfo) -> list[str]:
+    """Validator of ``roles_to_train``: roles after the ``roles:`` mapping, not names in the data.
+
+    A message's role is compared after mapping, so a name that is not a role (a typo, or a data
+    name such as ``gpt``) would silently train nothing.
+    """
+    mapping: dict[str, list[str]] = info.data.get("roles") or {}
+    known = list(dict.fromkeys([*CANONICAL_ROLES, *mapping]))
+    for role in value:
+        if role in known:
+            continue
+        mapped = next((canonical for canonical, aliases in mapping.items() if role in aliases), None)
+        if mapped is not None:
+            text = f"{role!r} is a name in the data; roles_to_train takes the role it maps to, {mapped!r}"
+        else:
+            text = f"unknown role {role!r}{suggest(role, known)}; roles are {', '.join(known)}"
+        raise PydanticCustomError("unknown_role", "{text}", {"text": text})
+    return value
 
 
 def _role_lookup(options: ChatTemplateOptions) -> dict[str, str]:
@@ -79,14 +106,16 @@ class MessageReader:
         others = [prop for prop in mapping if prop not in ("role", "content", REASONING)]
         properties = [prop for prop in MESSAGE_PROPERTIES if prop != REASONING]
         self.properties = [(prop, mapping.get(prop, prop)) for prop in dict.fromkeys(properties + others)]
+        self.tool_calls_key = mapping.get("tool_calls", "tool_calls")
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         options = self.options
         messages = row.get(options.field_messages)
         if messages is None:
-            raise RowError(f"{options.field_messages}: missing")
+            raise missing_field(row, options.field_messages, "field_messages")
         if not isinstance(messages, list) or not messages:
-            raise RowError(f"{options.field_messages}: must be a non-empty list of messages")
+            got = "an empty list" if isinstance(messages, list) else type(messages).__name__
+            raise RowError(f"{options.field_messages}: must be a non-empty list of messages, got {got}")
         result = []
         for index, message in enumerate(messages):
             result.append(self._message(message, f"{options.field_messages}[{index}]"))
@@ -98,15 +127,39 @@ class MessageReader:
             raise RowError(f"{options.field_messages}: no messages left after drop_system_message")
         return result
 
+    def _has_other_output(self, message: dict[str, Any]) -> bool:
+        """Whether an assistant message says something besides its content: tool calls or reasoning."""
+        keys = (self.tool_calls_key, *self.reasoning_keys)
+        return any(message.get(key) not in (None, "", []) for key in keys)
+
+    def _missing(self, message: dict[str, Any], where: str, key: str) -> RowError:
+        """``messages[1].content: missing or null``, or which keys the messages have instead."""
+        if key not in message:
+            keys = ", ".join(map(str, message)) or "none"
+            return RowError(
+                f"{where}.{key}: missing: the messages have no such key (keys: {keys}); "
+                "set message_property_mappings: {role: <key>, content: <key>}"
+            )
+        if key == self.content_key:
+            return RowError(
+                f"{where}.{key}: missing or null (every message needs text; an assistant message may "
+                "have tool_calls instead)"
+            )
+        return RowError(f"{where}.{key}: missing or null")
+
     def _message(self, message: Any, where: str) -> dict[str, Any]:
         role_key, content_key = self.role_key, self.content_key
         if not isinstance(message, dict):
             raise RowError(f"{where}: must be a mapping with {role_key!r} and {content_key!r}")
         raw_role = message.get(role_key)
+        if raw_role is None:
+            raise self._missing(message, where, role_key)
         if raw_role not in self.roles:
             raise RowError(f"{where}.{role_key}: unknown role {raw_role!r}; map it with `roles:`")
         content = message.get(content_key)
         if content is None:
+            if not (self.roles[raw_role] == "assistant" and self._has_other_output(message)):
+                raise self._missing(message, where, content_key)
             content = ""
         if not isinstance(content, str):
             raise RowError(f"{where}.{content_key}: must be text, got {type(content).__name__}")

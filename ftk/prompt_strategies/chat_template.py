@@ -15,18 +15,26 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from jinja2 import TemplateError
 from pydantic import Field, field_validator
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import FtkError, RowError
 from ftk.core.lm import IGNORE_INDEX
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
-from ftk.prompt_strategies.chat_rows import REASONING, REASONING_KEYS, MessageReader, read_tools
+from ftk.prompt_strategies.chat_rows import (
+    REASONING,
+    REASONING_KEYS,
+    MessageReader,
+    known_roles_to_train,
+    read_tools,
+)
 from ftk.prompt_strategies.templates import known_template_name, resolve_chat_template
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +98,7 @@ class ChatTemplateOptions(StrictModel):
     )
 
     _known_template = field_validator("chat_template")(known_template_name)
+    _known_roles = field_validator("roles_to_train")(known_roles_to_train)
 
 
 class Chunk(NamedTuple):

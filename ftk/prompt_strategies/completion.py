@@ -11,13 +11,16 @@ tail, since the document does not end there).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import FtkError, RowError
+from ftk.prompt_strategies.fields import required_text, text_value
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class CompletionOptions(StrictModel):
@@ -58,12 +61,7 @@ def required_eos_id(tokenizer: PreTrainedTokenizerBase, strategy: str) -> int:
 
 def text_field(row: dict[str, Any], field: str) -> str | None:
     """``row[field]`` when it is text, None when absent or null; other values are a RowError."""
-    value = row.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RowError(f"{field}: must be text, got {type(value).__name__}")
-    return value
+    return text_value(row, field)
 
 
 class CompletionTokenizer:
@@ -79,9 +77,7 @@ class CompletionTokenizer:
     def __call__(self, row: dict[str, Any]) -> list[dict[str, list[int]]]:
         """The examples for one row: one per chunk of at most ``sequence_len`` tokens."""
         field = self.options.field
-        text = text_field(row, field)
-        if text is None:
-            raise RowError(f"{field}: missing")
+        text = required_text(row, field, "field")
         if not text:
             raise RowError(f"{field}: empty text")
         body = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]

@@ -10,14 +10,17 @@ the text (``<|im_end|>``) is tokenized as plain text.  Exactly the tokens of seg
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
 from ftk.core.errors import RowError
 from ftk.core.lm import IGNORE_INDEX
+from ftk.prompt_strategies.fields import missing_field
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class InputOutputOptions(StrictModel):
@@ -32,7 +35,7 @@ def read_segments(row: dict[str, Any], field: str) -> list[tuple[str, bool]]:
     """The row's segments as ``(text, trained)`` pairs, or a RowError naming the bad part."""
     segments = row.get(field)
     if segments is None:
-        raise RowError(f"{field}: missing")
+        raise missing_field(row, field, "field_segments")
     if not isinstance(segments, list) or not segments:
         raise RowError(f"{field}: must be a non-empty list of {{text, label}} segments")
     result = []

@@ -31,11 +31,14 @@ there is nothing to add: the prompt already ends with ``[/INST]``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic_core import PydanticCustomError
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.errors import FtkError, suggest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CHATML = (
     "{%- for message in messages -%}"

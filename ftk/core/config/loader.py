@@ -6,7 +6,7 @@ them at once, as one ``FtkError``.
 
 from __future__ import annotations
 
-import importlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.config.source import ConfigSource, Loc, apply_overrides, parse_overrides, read_config_file
+from ftk.core.config.strategies import resolve_strategy
 from ftk.core.errors import FtkError, format_loc, suggest
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
-from ftk.core.registry import Registry, Section, Strategy
+from ftk.core.registry import Registry, Section
 
 DATASET_LIST_KEYS = ("datasets", "test_datasets")
 
@@ -74,8 +75,11 @@ class ConfigErrors:
         extra_candidates: list[str] | None = None,
     ) -> None:
         """Translate pydantic's errors, adding did-you-mean hints for unknown keys."""
+        reported = {loc for loc, _ in self.problems}
         for item in error.errors():
             loc = (*prefix, *item["loc"])
+            if loc in reported:  # one problem per key: the first found says what is wrong
+                continue
             kind = item["type"]
             if kind == "extra_forbidden":
                 if len(loc) == 1 and loc[0] in AXOLOTL_RENAMES:
@@ -100,25 +104,75 @@ class ConfigErrors:
                 return self.source.lines[tuple(loc[:end])]
         return 0
 
-    def raise_if_any(self) -> None:
-        if not self.problems:
-            return
+    def lines(self) -> list[str]:
+        """The problems as ``file:line: key: message``, in the order of the file."""
         lines = []
         for loc, message in sorted(self.problems, key=lambda item: self._line_of(item[0])):
             where = self.source.where(loc) if loc else str(self.source.path)
             key = format_loc(loc)
             lines.append(f"{where}: {key}: {message}" if loc else f"{where}: {message}")
-        raise FtkError("\n".join(lines))
+        return lines
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise FtkError("\n".join(self.lines()))
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field of this type takes a number and not a boolean (``int``, ``float | None``)."""
+    types = set(get_args(annotation)) or {annotation}
+    return bool(types & {int, float}) and bool not in types
+
+
+def _numbers_given_as_booleans(data: Any, model: type[BaseModel], prefix: Loc = ()) -> list[tuple[Loc, str]]:
+    """Number keys set to true or false, which pydantic would read as 1 and 0 (``sequence_len: true``)."""
+    problems: list[tuple[Loc, str]] = []
+    if not isinstance(data, dict):
+        return problems
+    for key, value in data.items():
+        info = model.model_fields.get(key)
+        if info is None:
+            continue
+        if isinstance(value, bool) and _is_number(info.annotation):
+            problems.append(((*prefix, key), f"must be a number, not {str(value).lower()}"))
+        inner = _unwrap(info.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for index, item in items:
+                where = (*prefix, key) if index is None else (*prefix, key, index)
+                problems += _numbers_given_as_booleans(item, inner, where)
+    return problems
 
 
 def build_config_model(sections: dict[str, Section]) -> type[FtkConfig]:
-    """FtkConfig extended with the plugins' keys: one optional field per section, the fields of flat ones."""
+    """FtkConfig extended with the plugins' keys: one optional field per section, the fields of flat ones.
+
+    The same sections give the same class, and its instances pickle as (sections, field values),
+    so a config crosses to a worker process (``dataset_processes``) and is rebuilt there.
+    """
     if not sections:
         return FtkConfig
+    return _config_model(tuple(sections.values()))
+
+
+def _restore_config(sections: tuple[Section, ...], state: dict[str, Any]) -> FtkConfig:
+    """Unpickle a config of a class built from ``sections`` (see ``build_config_model``)."""
+    model = _config_model(sections)
+    cfg = model.__new__(model)
+    cfg.__setstate__(state)
+    return cfg
+
+
+def _reduce_config(cfg: FtkConfig) -> tuple[Any, ...]:
+    return _restore_config, (type(cfg).__ftk_sections__, cfg.__getstate__())  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=16)
+def _config_model(sections: tuple[Section, ...]) -> type[FtkConfig]:
     fields: dict[str, Any] = {}
     owners = {name: "ftk" for name in FtkConfig.model_fields}
     flat: dict[str, type[BaseModel]] = {}
-    for section in sections.values():
+    for section in sections:
         added: dict[str, Any]
         if section.flat:
             _check_flat(section)
@@ -134,6 +188,8 @@ def build_config_model(sections: dict[str, Section]) -> type[FtkConfig]:
         fields.update(added)
     model = create_model("FtkConfigWithSections", __base__=FtkConfig, **fields)
     model.flat_sections = flat
+    model.__ftk_sections__ = sections  # type: ignore[attr-defined]
+    model.__reduce__ = _reduce_config  # type: ignore[assignment,method-assign]
     return model
 
 
@@ -167,30 +223,6 @@ def _choice_problems(cfg: FtkConfig, registry: Registry) -> list[tuple[Loc, str]
         except FtkError as exc:
             problems.append((loc, str(exc)))
     return problems
-
-
-def resolve_strategy(registry: Registry, type_name: str) -> Strategy:
-    """Find the strategy a dataset's ``type`` names: a registered name or ``package.module.function``."""
-    if type_name in registry.strategies:
-        return registry.strategies[type_name]
-    if "." not in type_name:
-        raise FtkError(
-            f"unknown strategy{suggest(type_name, list(registry.strategies))}; "
-            f"registered: {', '.join(sorted(registry.strategies))}"
-        )
-    module_path, _, attr = type_name.rpartition(".")
-    try:
-        module = importlib.import_module(module_path)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_path == exc.name or module_path.startswith(exc.name + ".")):
-            raise FtkError(f"no module named {exc.name!r} (strategy {type_name!r})") from exc
-        raise FtkError(f"importing {module_path!r} failed: ModuleNotFoundError: {exc}") from exc
-    except Exception as exc:  # an error inside the user's module is shown as what it is
-        raise FtkError(f"importing {module_path!r} failed: {type(exc).__name__}: {exc}") from exc
-    build = getattr(module, attr, None)
-    if build is None or not callable(build):
-        raise FtkError(f"module {module_path!r} has no function {attr!r}")
-    return Strategy(type_name, build, getattr(build, "options_model", None), plugin=module_path)
 
 
 def _validate_dataset_options(
@@ -236,6 +268,8 @@ def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfi
         key: _validate_dataset_options(source.data.get(key), registry, errors, key)
         for key in DATASET_LIST_KEYS
     }
+    for loc, message in _numbers_given_as_booleans(source.data, model):
+        errors.add(loc, message)
     try:
         cfg = model.model_validate(source.data)
     except ValidationError as exc:
@@ -271,6 +305,16 @@ def load_config(
     manager: FtkPluginManager | None = None,
 ) -> tuple[FtkConfig, FtkPluginManager]:
     """Read, override and validate ``path``; load the plugins it names. Returns (config, plugin manager)."""
+    cfg, manager, _ = read_config(path, overrides, manager)
+    return cfg, manager
+
+
+def read_config(
+    path: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    manager: FtkPluginManager | None = None,
+) -> tuple[FtkConfig, FtkPluginManager, ConfigSource]:
+    """``load_config`` that also returns the source (the line of each key, for later problems)."""
     source = read_config_file(path)
     if overrides:
         apply_overrides(source, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
@@ -278,10 +322,13 @@ def load_config(
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise FtkError(f"{source.where(('plugins',))}: plugins: must be a list of module names")
     if manager is None:
-        manager = create_plugin_manager(plugins)
-    else:
-        manager.load_config_plugins(plugins)
-    return validate_config(source, manager), manager
+        manager = create_plugin_manager()
+    for index, plugin in enumerate(plugins):
+        try:
+            manager.load_config_plugins([plugin])
+        except FtkError as exc:
+            raise FtkError(f"{source.where(('plugins', index))}: plugins[{index}]: {exc}") from exc
+    return validate_config(source, manager), manager, source
 
 
 def dump_config(cfg: FtkConfig) -> dict[str, Any]:

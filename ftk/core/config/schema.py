@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors."""
+    """Base for every config section: unknown keys are errors, and so are infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class SpecialTokens(StrictModel):
@@ -36,7 +37,10 @@ class DatasetConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    path: str = Field(description="Local file or directory, or a Hugging Face Hub dataset name.")
+    path: str = Field(
+        min_length=1,
+        description="Local file or directory (relative: to the working directory), or a Hub dataset name.",
+    )
     type: str = Field(
         "chat_template",
         description="Prompt strategy: a registered name or a dotted path 'package.module.function'.",
@@ -63,8 +67,13 @@ class FtkConfig(StrictModel):
     """A whole run. Field names follow axolotl's so that configs carry over."""
 
     # --- model and tokenizer ---
-    base_model: str = Field(description="Hub model name or local directory of the base model.")
-    tokenizer_config: str | None = Field(None, description="Load the tokenizer from here instead.")
+    base_model: str = Field(
+        min_length=1,
+        description="Hub model name or local directory (relative: to the working directory) of the base model.",
+    )
+    tokenizer_config: str | None = Field(
+        None, min_length=1, description="Load the tokenizer from here instead (a Hub name or a directory)."
+    )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = Field(
         None, description="Attention backend; None lets transformers choose."
@@ -114,15 +123,17 @@ class FtkConfig(StrictModel):
     )
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens, not only on responses.")
     val_set_size: float = Field(
-        0.0, ge=0.0, description="Held-out eval share (< 1) or number of rows (>= 1)."
+        0.0,
+        ge=0.0,
+        description="Held-out eval rows: a share below 1 (0.05: 5%) or a whole number of rows (20); 0: none.",
     )
     dataset_prepared_path: str = Field(
-        "last_run_prepared", description="Directory of the tokenized-data cache."
+        "last_run_prepared", min_length=1, description="Directory of the tokenized-data cache."
     )
     dataset_processes: int | None = Field(
         None,
         gt=0,
-        description="Processes for tokenization (default: all cores from 20,000 rows on, else one).",
+        description="Processes for tokenization (default: one per megabyte of source data, up to all cores).",
     )
 
     # --- batch and schedule ---
@@ -145,7 +156,9 @@ class FtkConfig(StrictModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
     # --- output, eval, logging ---
-    output_dir: str = Field("./outputs/ftk-run", description="Where adapters, checkpoints, metrics go.")
+    output_dir: str = Field(
+        "./outputs/ftk-run", min_length=1, description="Where adapters, checkpoints, metrics go."
+    )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end).")
     eval_batch_size: int | None = Field(
         None, gt=0, description="Examples per device per eval forward pass (default: micro_batch_size)."
@@ -156,7 +169,7 @@ class FtkConfig(StrictModel):
     save_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N steps.")
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most N checkpoints.")
     logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
-    seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    seed: int = Field(42, ge=0, lt=2**32, description="Seed for data order, initialisation and dropout.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint directory to resume from.")
     auto_resume: bool = Field(
         False, description="Resume from the latest complete checkpoint in output_dir, if there is one."
@@ -167,6 +180,24 @@ class FtkConfig(StrictModel):
     )
 
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to load.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, value: Any) -> Any:
+        """``report_to: wandb`` is one tracker, as transformers reads it; ``none`` is no tracker."""
+        if isinstance(value, str):
+            return [] if value == "none" else [value]
+        return value
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _share_or_count(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise PydanticCustomError(
+                "val_set_size",
+                "must be a share of the rows below 1 (0.05 holds out 5%) or a whole number of rows",
+            )
+        return value
 
     def combination_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Problems that involve several keys, each as (key path to blame, message)."""

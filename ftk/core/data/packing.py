@@ -18,152 +18,54 @@
 
 from __future__ import annotations
 
-import bisect
 import random
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
+from ftk.core.data.bins import (
+    EXACT_FILL_MAX_ROWS,
+    BinShapes,
+    assign_examples,
+    assign_slots,
+    bin_shapes,
+    pack_lengths,
+    packing_efficiency,
+    split_bins,
+)
+from ftk.core.data.columns import as_array
 from ftk.core.lm import IGNORE_INDEX
 
-EXACT_FILL_MAX_ROWS = 20_000
+__all__ = [
+    "EXACT_FILL_MAX_ROWS",
+    "REAL_TOKENS_KEY",
+    "BinShapes",
+    "PackedBatchSampler",
+    "PackedDataset",
+    "PackingCollator",
+    "assign_examples",
+    "bin_shapes",
+    "pack_lengths",
+    "packing_efficiency",
+]
+
 #: Batch key with the number of real (non-padding) tokens; the trainer removes it before the model.
 REAL_TOKENS_KEY = "num_real_tokens"
 
 
-def _best_fit_decreasing(sizes: list[int], capacity: int) -> list[list[int]]:
-    """Bins of sizes (already sorted longest first): each size into the fullest bin with room."""
-    bins: list[list[int]] = []
-    by_room: dict[int, list[int]] = {}  # remaining room -> bins with exactly that room
-    rooms: list[int] = []  # sorted distinct keys of by_room
-    for size in sizes:
-        position = bisect.bisect_left(rooms, size)
-        if position == len(rooms):
-            bins.append([size])
-            target, room = len(bins) - 1, capacity - size
-        else:
-            room = rooms[position]
-            target = by_room[room].pop()
-            if not by_room[room]:
-                del by_room[room]
-                rooms.pop(position)
-            bins[target].append(size)
-            room -= size
-        if room > 0:
-            if room not in by_room:
-                by_room[room] = []
-                bisect.insort(rooms, room)
-            by_room[room].append(target)
-    return bins
-
-
-def _exact_fill(sizes: Sequence[int], capacity: int) -> list[list[int]]:
-    """Bins opened with the largest size left, then filled by the subset of sizes that best fills them.
-
-    The subset is a bounded subset-sum over the remaining sizes (a bitset over the room, one step
-    per copy of a size; each sum remembers the size that first reached it, so following those
-    back uses every copy at most once).
-    """
-    counts = Counter(sizes)
-    bins: list[list[int]] = []
-
-    def take(size: int) -> None:
-        counts[size] -= 1
-        if not counts[size]:
-            del counts[size]
-
-    while counts:
-        first = max(counts)
-        take(first)
-        room = capacity - first
-        reach = np.zeros(room + 1, dtype=bool)
-        reach[0] = True
-        parent = np.zeros(room + 1, dtype=np.int64)
-        for size in sorted(counts):
-            if size > room:
-                break
-            for _ in range(min(counts[size], room // size)):
-                new = np.zeros_like(reach)
-                new[size:] = reach[:-size] & ~reach[size:]
-                if not new.any():
-                    break
-                parent[new] = size
-                reach |= new
-        total = int(np.flatnonzero(reach)[-1])
-        items = [first]
-        while total:
-            size = int(parent[total])
-            items.append(size)
-            take(size)
-            total -= size
-        bins.append(items)
-    return bins
-
-
-def bin_shapes(lengths: Sequence[int], capacity: int) -> tuple[tuple[int, ...], ...]:
-    """Which lengths share a bin: the fewer bins of best-fit decreasing and exact fill.
-
-    Depends on the lengths alone, so it is computed once per (lengths, capacity): the data
-    pipeline's packing summary and the trainer's sampler share the result. Exact fill is tried
-    up to ``EXACT_FILL_MAX_ROWS`` examples (it costs about half a second per 2,000); best-fit
-    decreasing always.
-    """
-    return _bin_shapes(tuple(lengths), capacity)
-
-
-@lru_cache(maxsize=4)
-def _bin_shapes(lengths: tuple[int, ...], capacity: int) -> tuple[tuple[int, ...], ...]:
-    too_long = next((i for i, n in enumerate(lengths) if n > capacity), None)
-    if too_long is not None:
-        raise ValueError(
-            f"example {too_long} has {lengths[too_long]} tokens, more than the bin capacity {capacity}"
-        )
-    shapes = _best_fit_decreasing(sorted(lengths, reverse=True), capacity)
-    if len(lengths) <= EXACT_FILL_MAX_ROWS:
-        exact = _exact_fill(lengths, capacity)
-        if len(exact) < len(shapes):
-            shapes = exact
-    return tuple(tuple(shape) for shape in shapes)
-
-
-def assign_examples(shapes: Sequence[Sequence[int]], lengths: Sequence[int], seed: int) -> list[list[int]]:
-    """Fill each slot of ``shapes`` with an example of that length; ``seed`` decides which one."""
-    by_length: dict[int, list[int]] = {}
-    for index, length in enumerate(lengths):
-        by_length.setdefault(length, []).append(index)
-    rng = random.Random(seed)
-    for indices in by_length.values():
-        rng.shuffle(indices)
-    return [[by_length[size].pop() for size in shape] for shape in shapes]
-
-
-def pack_lengths(lengths: Sequence[int], capacity: int, seed: int = 0) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into bins whose total length is at most ``capacity``.
-
-    The bins' shapes come from the lengths alone (``bin_shapes``), so every epoch has the same
-    number of bins; ``seed`` decides which example fills each slot among those of equal length.
-    """
-    return assign_examples(bin_shapes(lengths, capacity), lengths, seed)
-
-
-def packing_efficiency(bins: list[list[int]], lengths: Sequence[int], capacity: int) -> float:
-    """Real tokens over token slots: the share of packed rows that is not padding."""
-    if not bins:
-        return 0.0
-    return sum(lengths[i] for b in bins for i in b) / (len(bins) * capacity)
-
-
 class PackedBatchSampler:
-    """Batches of ``micro_batch_size`` bins for one rank (the last may hold fewer); reshuffled per epoch."""
+    """Batches of ``micro_batch_size`` bins for one rank (the last may hold fewer); reshuffled per epoch.
+
+    ``lengths`` may be a list, a numpy array or a ``datasets`` Column (read as one arrow array);
+    the bins are kept as arrays, and lists are made only for the batches handed out.
+    """
 
     def __init__(
         self,
-        lengths: Sequence[int],
+        lengths: Sequence[int] | np.ndarray,
         capacity: int,
         micro_batch_size: int,
         seed: int,
@@ -171,7 +73,7 @@ class PackedBatchSampler:
         world_size: int = 1,
         shuffle: bool = True,
     ) -> None:
-        self.lengths = list(lengths)
+        self.lengths = as_array(lengths)
         self.capacity = capacity
         self.micro_batch_size = micro_batch_size
         self.seed = seed
@@ -187,13 +89,20 @@ class PackedBatchSampler:
         """Pack and order the next ``__iter__`` for ``epoch``."""
         self.epoch = epoch
 
+    def _epoch_bins(self) -> tuple[np.ndarray, list[int]]:
+        """The examples in slot order, and the order in which bins are dealt out, for this epoch."""
+        seed = self.seed + self.epoch if self.shuffle else self.seed
+        examples = assign_slots(self.shapes, self.lengths, seed)
+        order = list(range(self.num_bins))
+        if self.shuffle:
+            random.Random(seed).shuffle(order)
+        return examples, order
+
     def bins(self) -> list[list[int]]:
         """All bins of the current epoch, in the order they are dealt out."""
-        seed = self.seed + self.epoch if self.shuffle else self.seed
-        bins = assign_examples(self.shapes, self.lengths, seed)
-        if self.shuffle:
-            random.Random(seed).shuffle(bins)
-        return bins
+        examples, order = self._epoch_bins()
+        bins = split_bins(examples, self.shapes.starts)
+        return [bins[b] for b in order]
 
     @property
     def bins_per_rank(self) -> int:
@@ -204,9 +113,14 @@ class PackedBatchSampler:
         return -(-self.bins_per_rank // self.micro_batch_size)
 
     def __iter__(self) -> Iterator[list[list[int]]]:
-        mine = self.bins()[self.rank :: self.world_size][: self.bins_per_rank]
-        for start in range(0, len(mine), self.micro_batch_size):
-            yield mine[start : start + self.micro_batch_size]
+        examples, order = self._epoch_bins()
+        starts = self.shapes.starts
+        mine = order[self.rank :: self.world_size][: self.bins_per_rank]
+        for first in range(0, len(mine), self.micro_batch_size):
+            yield [
+                examples[starts[b] : starts[b + 1]].tolist()
+                for b in mine[first : first + self.micro_batch_size]
+            ]
 
 
 @dataclass
@@ -260,7 +174,16 @@ class PackedDataset(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitems__(self, batch: list[list[int]]) -> list[list[dict[str, Any]]]:
-        return [[self.data[int(i)] for i in bin_indices] for bin_indices in batch]
+        from datasets import Dataset
+
+        if not isinstance(self.data, Dataset):
+            return [[self.data[int(i)] for i in bin_indices] for bin_indices in batch]
+        # One query for the whole batch: a row at a time costs a query per example.
+        columns = self.data[[int(i) for bin_indices in batch for i in bin_indices]]
+        examples = iter(
+            [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        )
+        return [[next(examples) for _ in bin_indices] for bin_indices in batch]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.data[int(index)]

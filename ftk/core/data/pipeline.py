@@ -13,19 +13,22 @@ import hashlib
 import inspect
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
 from ftk import __version__
 from ftk.core.config.loader import resolve_strategy
 from ftk.core.config.schema import DatasetConfig, FtkConfig
-from ftk.core.data.packing import pack_lengths, packing_efficiency
+from ftk.core.data.bins import bin_shapes
+from ftk.core.data.columns import column_array
+from ftk.core.data.drops import check_rows_left, dropped_note
 from ftk.core.data.sources import load_source, source_fingerprint
 from ftk.core.data.tokenize import SourceStats, tokenize_source
 from ftk.core.errors import FtkError
@@ -71,6 +74,10 @@ class PreparedData:
             f"; packed {p['rows']:,} examples into {p['bins']:,} rows of {p['capacity']:,} tokens, "
             f"{p['efficiency']:.2%} real tokens"
         )
+
+    def dropped_note(self) -> str:
+        """``; dropped N rows: 2 with nothing to train (data.jsonl:4, ...), 1 too long``, or ""."""
+        return dropped_note([*self.sources, *self.eval_sources])
 
     def summary(self) -> dict:
         """Counts as plain data (for ``ftk preprocess --json`` and the cache's metadata)."""
@@ -151,12 +158,14 @@ def _mix(
     cfg: FtkConfig,
     tokenizer: PreTrainedTokenizerBase,
     registry: Registry,
+    work_dir: Path,
 ) -> tuple[Dataset | None, list[SourceStats]]:
     parts, stats = [], []
     for raw, entry in zip(raws, entries, strict=True):
-        tokenized, source_stats = tokenize_source(raw, entry, cfg, tokenizer, registry)
+        tokenized, source_stats = tokenize_source(raw, entry, cfg, tokenizer, registry, work_dir)
         parts.append(tokenized)
         stats.append(source_stats)
+        check_rows_left(f"{key}[{len(stats) - 1}]", source_stats, cfg)
     if not parts:
         return None, stats
     data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -171,28 +180,38 @@ def _mix(
     return data, stats
 
 
-def packing_summary(lengths: list[int], cfg: FtkConfig) -> dict:
-    """Rows, bins and efficiency (real tokens over token slots) of the first epoch's packing."""
-    bins = pack_lengths(lengths, cfg.sequence_len, cfg.seed)
+def packing_summary(lengths: Sequence[int] | np.ndarray, cfg: FtkConfig) -> dict:
+    """Rows, bins and efficiency (real tokens over token slots) of every epoch's packing.
+
+    The bins' shapes depend on the lengths alone, so the count is the same on every epoch.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    bins = len(bin_shapes(lengths, cfg.sequence_len))
     return {
         "rows": len(lengths),
-        "bins": len(bins),
+        "bins": bins,
         "capacity": cfg.sequence_len,
-        "efficiency": round(packing_efficiency(bins, lengths, cfg.sequence_len), 6),
+        "efficiency": round(float(lengths.sum()) / (bins * cfg.sequence_len), 6) if bins else 0.0,
     }
 
 
-def _split_eval(data: Dataset, cfg: FtkConfig) -> tuple[Dataset, Dataset | None]:
+def _split_eval(data: Dataset, cfg: FtkConfig, work_dir: Path) -> tuple[Dataset, Dataset | None]:
     if not cfg.val_set_size:
         return data, None
     size: float | int = cfg.val_set_size if cfg.val_set_size < 1 else int(cfg.val_set_size)
     if isinstance(size, int) and size >= len(data):
         raise FtkError(f"val_set_size: {size} rows asked for eval but only {len(data)} rows were kept")
-    parts = data.train_test_split(test_size=size, seed=cfg.seed, shuffle=True)
+    parts = data.train_test_split(
+        test_size=size,
+        seed=cfg.seed,
+        shuffle=True,
+        train_indices_cache_file_name=str(work_dir / "train-indices.arrow"),
+        test_indices_cache_file_name=str(work_dir / "eval-indices.arrow"),
+    )
     return parts["train"], parts["test"]
 
 
-def _load_cached(directory: Path) -> PreparedData | None:
+def _load_cached(directory: Path, from_cache: bool = True) -> PreparedData | None:
     meta = directory / META_FILE
     if not meta.is_file():
         return None
@@ -201,7 +220,7 @@ def _load_cached(directory: Path) -> PreparedData | None:
     eval_set = datasets.load_from_disk(str(directory / "eval")) if (directory / "eval").is_dir() else None
     sources = [SourceStats(**item) for item in info["datasets"]]
     eval_sources = [SourceStats(**item) for item in info["test_datasets"]]
-    return PreparedData(train, eval_set, directory, True, sources, eval_sources, info.get("packing"))
+    return PreparedData(train, eval_set, directory, from_cache, sources, eval_sources, info.get("packing"))
 
 
 def prepare_data(
@@ -223,31 +242,40 @@ def prepare_data(
         if cached is not None:
             return cached
 
-    train, stats = _mix(raws, cfg.datasets, "datasets", cfg, tokenizer, registry)
-    eval_set, eval_stats = _mix(eval_raws, cfg.test_datasets, "test_datasets", cfg, tokenizer, registry)
-    assert train is not None  # the schema requires at least one dataset
-    with quiet_datasets():
-        if cfg.shuffle_merged_datasets:
-            train = train.shuffle(seed=cfg.seed).flatten_indices()
-        if eval_set is None:
-            train, eval_set = _split_eval(train, cfg)
-        packing = packing_summary(train["length"], cfg) if cfg.sample_packing else None
-        prepared = PreparedData(train, eval_set, directory, False, stats, eval_stats, packing)
-        _save(prepared)
-    return prepared
-
-
-def _save(prepared: PreparedData) -> None:
-    """Write the cache entry under a temporary name and rename it, so no reader sees half of it."""
-    directory = prepared.cache_dir
+    # Everything is written under a temporary folder beside the cache entry and renamed into place
+    # at the end, so no reader sees half of it; the tokenized sources (``work``) are deleted first.
     staging = staging_directory(directory)
     try:
-        prepared.train.save_to_disk(str(staging / "train"))
-        if prepared.eval is not None:
-            prepared.eval.save_to_disk(str(staging / "eval"))
-        meta = {"ftk": __version__, **prepared.summary()}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        publish_directory(staging, directory)
+        work = staging / "work"
+        train, stats = _mix(raws, cfg.datasets, "datasets", cfg, tokenizer, registry, work)
+        eval_set, eval_stats = _mix(
+            eval_raws, cfg.test_datasets, "test_datasets", cfg, tokenizer, registry, work
+        )
+        assert train is not None  # the schema requires at least one dataset
+        with quiet_datasets():
+            if cfg.shuffle_merged_datasets:
+                train = train.shuffle(seed=cfg.seed, keep_in_memory=True)
+            if eval_set is None:
+                train, eval_set = _split_eval(train, cfg, work)
+            packing = packing_summary(column_array(train, "length"), cfg) if cfg.sample_packing else None
+            prepared = PreparedData(train, eval_set, directory, False, stats, eval_stats, packing)
+            _save(prepared, staging)
+            del train, eval_set, prepared
+            shutil.rmtree(work, ignore_errors=True)
+            publish_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    with quiet_datasets():
+        written = _load_cached(directory, from_cache=False)
+    assert written is not None
+    return written
+
+
+def _save(prepared: PreparedData, staging: Path) -> None:
+    """Write the train and eval sets (their indices mappings applied) and the counts into ``staging``."""
+    prepared.train.save_to_disk(str(staging / "train"))
+    if prepared.eval is not None:
+        prepared.eval.save_to_disk(str(staging / "eval"))
+    meta = {"ftk": __version__, **prepared.summary()}
+    (staging / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -1,14 +1,33 @@
-"""Load one dataset source: a local file or folder, a saved ``datasets`` directory, or a Hub name."""
+"""Load one dataset source: a local file or folder, a saved ``datasets`` directory, or a Hub name.
+
+Local files are checked before ``datasets`` reads them, and a file it cannot read is read again to
+name the wrong line (``ftk.core.data.file_checks``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+from datasets.data_files import EmptyDatasetError
 
 from ftk.core.config.schema import DatasetConfig
+from ftk.core.data.file_checks import (
+    Problem,
+    binary_file_problem,
+    csv_file_problem,
+    has_blank_lines,
+    json_file_problem,
+    text_file_problem,
+    without_blank_lines,
+)
+from ftk.core.data.row_location import RowLocator
 from ftk.core.errors import FtkError
 
 EXTENSION_BUILDERS = {
@@ -18,12 +37,17 @@ EXTENSION_BUILDERS = {
     ".csv": "csv",
     ".arrow": "arrow",
 }
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+FORMAT_NAMES = {"json": "JSON lines", "parquet": "Parquet", "csv": "CSV", "arrow": "Arrow"}
 
 
 def _builder_for(path: Path, dataset: DatasetConfig, where: str) -> str:
     if dataset.ds_type is not None:
         return dataset.ds_type
-    builder = EXTENSION_BUILDERS.get(path.suffix.lower())
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes.pop()  # data.jsonl.gz: datasets decompresses it
+    builder = EXTENSION_BUILDERS.get(suffixes[-1] if suffixes else "")
     if builder is None:
         raise FtkError(f"{where}.path: cannot tell the format of {str(path)!r}; set ds_type")
     return builder
@@ -33,13 +57,105 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def load_source(dataset: DatasetConfig, where: str) -> Dataset:
-    """The raw rows of one ``datasets:`` entry; ``where`` (e.g. ``datasets[0]``) prefixes errors."""
-    path = Path(dataset.path).expanduser()
+@contextmanager
+def _quiet_loaders() -> Iterator[None]:
+    """Silence the format readers' own error logs: ftk reports the problem in one line instead."""
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        if path.is_file():
-            builder = _builder_for(path, dataset, where)
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def file_problem(path: Path, builder: str) -> Problem | None:
+    """What makes ``path`` unreadable as a ``builder`` file, found without loading it, or None."""
+    if builder in ("json", "csv"):
+        return text_file_problem(path, builder)
+    return binary_file_problem(path, builder)
+
+
+def _diagnose(path: Path, builder: str) -> Problem | None:
+    """What is wrong with a file ``datasets`` could not read, found by reading it again, or None."""
+    if builder == "json":
+        return json_file_problem(path)
+    return csv_file_problem(path) if builder == "csv" else None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    return (
+        exc.__cause__
+        if isinstance(exc, datasets.exceptions.DatasetGenerationError) and exc.__cause__
+        else exc
+    )
+
+
+def _load_file(path: Path, name: str, builder: str) -> Dataset:
+    """One local file, checked first; ``name`` is the path as the config gives it."""
+    problem = file_problem(path, builder)
+    if problem is not None:
+        raise FtkError(problem.message(name))
+    try:
+        with _quiet_loaders():
             return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types; all mean "this file cannot be read"
+        problem = _diagnose(path, builder)
+        if problem is not None:
+            raise FtkError(problem.message(name)) from exc
+        cause = _cause(exc)
+        error = FtkError(
+            f"{name}: cannot be read as {FORMAT_NAMES[builder]}: {type(cause).__name__}: {cause}"
+        )
+        if builder != "json" or not has_blank_lines(path):
+            raise error from exc
+    # Every line is a JSON object, yet datasets failed: its reader of fields whose type varies
+    # from row to row does not skip blank lines as the rest of it does.  Read it without them.
+    with tempfile.TemporaryDirectory(prefix="ftk-jsonl-") as scratch:
+        copy = without_blank_lines(path, Path(scratch) / "rows.jsonl")
+        try:
+            with _quiet_loaders():
+                return datasets.load_dataset(builder, data_files=str(copy), split="train")
+        except Exception as exc:
+            raise error from exc
+
+
+def _data_files(folder: Path) -> list[tuple[Path, str]]:
+    """The files under ``folder`` with a data extension ftk knows, and their format, in name order."""
+    found = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        builder = EXTENSION_BUILDERS.get(file.suffix.lower())
+        if builder is not None:
+            found.append((file, builder))
+    return found
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """``file[:line]: problem`` for the first data file of ``folder`` that cannot be read, or None."""
+    for file, builder in _data_files(folder):
+        problem = file_problem(file, builder) or (json_file_problem(file) if builder == "json" else None)
+        if problem is not None:
+            return problem.message(str(file))
+    return None
+
+
+def load_source(dataset: DatasetConfig, where: str) -> Dataset:
+    """The raw rows of one ``datasets:`` entry; ``where`` (e.g. ``datasets[0]``) prefixes errors.
+
+    A local file that is empty, binary, of another format, or not valid JSON lines is an error
+    naming the file and, for JSON, the line (``data.jsonl:20: not valid JSON (...)``).
+    """
+    path = Path(dataset.path).expanduser()
+    loaded = _load(path, dataset, where)
+    if len(loaded) == 0:
+        raise FtkError(f"{dataset.path}: no rows")
+    return loaded
+
+
+def _load(path: Path, dataset: DatasetConfig, where: str) -> Dataset:
+    if path.is_file():
+        return _load_file(path, dataset.path, _builder_for(path, dataset, where))
+    try:
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, DatasetDict):
@@ -54,19 +170,41 @@ def load_source(dataset: DatasetConfig, where: str) -> Dataset:
         ):
             raise FtkError(f"{where}.path: no such file or directory: {dataset.path!r}")
         # A data folder and a Hub dataset name take the same road: datasets resolves both.
-        return datasets.load_dataset(
-            str(path) if path.is_dir() else dataset.path,
-            name=dataset.name,
-            data_files=dataset.data_files,
-            split=dataset.split,
-        )
+        with _quiet_loaders():
+            return datasets.load_dataset(
+                str(path) if path.is_dir() else dataset.path,
+                name=dataset.name,
+                data_files=dataset.data_files,
+                split=dataset.split,
+            )
     except FtkError:
         raise
     except Exception as exc:  # datasets raises many types; all mean "this source cannot be read"
-        cause = exc.__cause__ if isinstance(exc, datasets.exceptions.DatasetGenerationError) else exc
+        cause = _cause(exc)
+        if path.is_dir():
+            if isinstance(cause, EmptyDatasetError) or not _data_files(path):
+                raise FtkError(
+                    f"{where}.path: no data files in the folder {dataset.path!r} "
+                    f"(ftk reads {', '.join(EXTENSION_BUILDERS)})"
+                ) from exc
+            problem = _folder_problem(path)
+            if problem is not None:
+                raise FtkError(problem) from exc
         raise FtkError(
             f"{where}.path: cannot load {dataset.path!r}: {type(cause).__name__}: {cause}"
         ) from exc
+
+
+def row_locator(dataset: DatasetConfig) -> RowLocator:
+    """Names the rows of a source in messages: by line for a JSON-lines file, else by number."""
+    path = Path(dataset.path).expanduser()
+    json_lines = False
+    if path.is_file():
+        try:
+            json_lines = _builder_for(path, dataset, "") == "json"
+        except FtkError:
+            json_lines = False
+    return RowLocator(dataset.path, json_lines)
 
 
 def source_fingerprint(dataset: DatasetConfig, loaded: Dataset) -> str:

@@ -1,24 +1,28 @@
 """Built-in plugin: the training-health advisor.
 
-It checks the settings before training, watches the logs during it and adds a diagnosis to the
-summary; the rules and thresholds are in ``rules.py``.  ``advisor: {enabled: false}`` turns it
-off, ``advisor: {ignore: [rule, ...]}`` silences single rules (``docs/training.md``).
+It checks the settings before training, watches the logs during it, judges the whole run's
+history at its end (after a resume: ``metrics.jsonl`` up to the resumed step, then this session's
+logs) and adds a diagnosis to the summary; the rules and thresholds are in ``rules.py``.
+``advisor: {enabled: false}`` turns it off, ``advisor: {ignore: [rule, ...]}`` silences single
+rules (``docs/training.md``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 from rich.console import Console
 from rich.text import Text
-from transformers import TrainerCallback
 
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.hookspecs import hookimpl
 
-from .rules import RULE_NAMES, RULES, Finding, RunFacts, TrainingWatch, evaluate
+from .rules import RULE_NAMES, RULES, Finding, RunFacts, TrainingWatch, evaluate, loss_text, lr_text
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -27,6 +31,9 @@ if TYPE_CHECKING:
     from ftk.core.registry import Register
 
 SECTION = "advisor"
+#: The log the metrics_log plugin keeps in output_dir, one JSON object per logged step; a resumed
+#: run reads the earlier steps from it.
+METRICS_FILE = "metrics.jsonl"
 
 # --- config section ---------------------------------------------------------------------------
 
@@ -59,9 +66,11 @@ def advisor_settings(cfg: FtkConfig) -> AdvisorConfig:
 class AdvisorCallback(TrainerCallback):
     """Checks each log entry against the during-training rules and keeps every finding.
 
-    ``findings`` holds all of them (settings checks included, see ``check_settings``); each rule
-    is printed the first time it fires only.  ``moe`` is read from the model at train start when
-    the Trainer passes one.
+    ``findings`` holds all of them (settings checks included, see ``check_settings``; the end
+    rules at train end, see ``finish``); each rule is printed the first time it fires only.
+    ``moe`` and the vocabulary size are read from the model at train start when the Trainer
+    passes one.  A resumed run first replays the earlier steps (``earlier_history``), silently,
+    so that the rules and the diagnosis judge the whole run.
     """
 
     def __init__(
@@ -71,9 +80,11 @@ class AdvisorCallback(TrainerCallback):
         self.ignore = tuple(ignore)
         self.moe = moe
         self.show = True
+        self.facts: RunFacts | None = None
         self.findings: list[Finding] = []
         self.watch = TrainingWatch(moe=moe)
         self._printed: set[str] = set()
+        self._finished = False
 
     def _report(self, findings: list[Finding]) -> None:
         for finding in findings:
@@ -83,8 +94,13 @@ class AdvisorCallback(TrainerCallback):
                 self.console.print(Text.assemble(("advisor: ", "bold yellow"), finding.text), soft_wrap=True)
 
     def check_settings(self, facts: RunFacts, show: bool = True) -> list[Finding]:
-        """Run the before-training rules on ``facts``, print and keep the findings; returns them."""
+        """Run the before-training rules on ``facts``, print and keep the findings; returns them.
+
+        The facts stay with the callback: the training rules name causes from them.
+        """
         self.show = show
+        self.facts = facts
+        self.watch.facts = facts
         findings = evaluate("before", facts, self.ignore)
         self._report(findings)
         return findings
@@ -94,16 +110,42 @@ class AdvisorCallback(TrainerCallback):
         if model is not None:
             self.moe = is_moe(model)
         self.watch = TrainingWatch(
-            learning_rate=args.learning_rate, max_grad_norm=args.max_grad_norm, moe=self.moe
+            learning_rate=args.learning_rate,
+            max_grad_norm=args.max_grad_norm,
+            moe=self.moe,
+            facts=self.facts,
+            vocab_size=output_size(model) if model is not None else None,
         )
+        self._finished = False
+        if state.global_step > 0:  # resumed: the earlier steps count, but were printed back then
+            show, self.show = self.show, False
+            for entry in earlier_history(args.output_dir, state):
+                self._observe(int(entry["step"]), entry)
+            self.show = show
+
+    def _observe(self, step: int, logs: dict[str, Any]) -> None:
+        if self.watch.record(step, logs):
+            self._report(evaluate("during", self.watch, self.ignore))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not self.watch.record(state.global_step, logs):
-            return
-        self._report(evaluate("during", self.watch, self.ignore))
+        if logs:
+            self._observe(state.global_step, logs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.finish()
+
+    def finish(self) -> list[Finding]:
+        """Run the end rules on the whole run's history, once; print and keep the findings."""
+        if self._finished:
+            return []
+        self._finished = True
+        findings = evaluate("end", self.watch, self.ignore) if self.watch.losses else []
+        self._report(findings)
+        return findings
 
     def diagnosis(self) -> list[tuple[str, str]]:
         """Summary rows: one per rule that fired, with its advice, or a "healthy" line for training."""
+        self.finish()
         rows = []
         for rule in RULES:
             fired = [finding for finding in self.findings if finding.rule == rule.name]
@@ -111,11 +153,17 @@ class AdvisorCallback(TrainerCallback):
                 continue
             if rule.phase == "before":
                 rows.append((SECTION, f"{rule.label}: {fired[0].advice}"))
-                continue
-            steps = [finding.step for finding in fired]
-            shown = ", ".join(str(step) for step in steps[:5]) + (", ..." if len(steps) > 5 else "")
-            where = f"at step {steps[0]}" if len(steps) == 1 else f"at {len(steps)} steps ({shown})"
-            rows.append((SECTION, f"{rule.label} {where}: {fired[0].advice}"))
+            elif rule.phase == "end":
+                rows.append((SECTION, fired[0].text))
+            elif rule.verdict is not None:
+                rows.append((SECTION, rule.verdict(self.watch)))
+            else:
+                steps = [finding.step for finding in fired]
+                shown = ", ".join(str(step) for step in steps[:5]) + (", ..." if len(steps) > 5 else "")
+                where = f"at step {steps[0]}" if len(steps) == 1 else f"at {len(steps)} steps ({shown})"
+                if len(steps) == 1 and fired[0].note:
+                    where += f" ({fired[0].note})"
+                rows.append((SECTION, f"{rule.label} {where}: {fired[0].advice}"))
         if not any(finding.step is not None for finding in self.findings):
             rows.append((SECTION, self._health_line()))
         return rows
@@ -124,10 +172,36 @@ class AdvisorCallback(TrainerCallback):
         trend = self.watch.loss_trend()
         if trend is None:
             return "no training steps logged"
+        if len(self.watch.losses) == 1:
+            return f"one training loss logged ({loss_text(trend[0])}): too few to judge"
         first, last = trend
         if last < first:
             return f"healthy: loss fell {first:.4g} → {last:.4g}, no spikes"
-        return f"no training alerts, but the loss did not fall: {first:.4g} → {last:.4g}"
+        return (
+            f"no training alerts, but the loss did not fall: {first:.4g} → {last:.4g}; raise learning_rate "
+            f"(now {lr_text(self.watch.learning_rate)}) or check which tokens are trained (ftk preprocess --debug)"
+        )
+
+
+def earlier_history(output_dir: str, state: Any) -> list[dict[str, Any]]:
+    """The log entries of a resumed run's earlier sessions, up to the step it resumes from.
+
+    From ``metrics.jsonl`` in ``output_dir`` (entries the interrupted session logged after the
+    checkpoint are left out), or from the checkpoint's ``log_history`` when that file is missing.
+    """
+    entries: list[dict[str, Any]] = []
+    path = Path(output_dir) / METRICS_FILE
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("step"), int | float):
+                entries.append(entry)
+    if not entries:
+        entries = [entry for entry in state.log_history if isinstance(entry.get("step"), int | float)]
+    return [entry for entry in entries if entry["step"] <= state.global_step]
 
 
 def find_callback(trainer: Trainer) -> AdvisorCallback | None:
@@ -154,6 +228,19 @@ def is_moe(model: Any) -> bool:
             if isinstance(value, int) and value > 1:
                 return True
     return False
+
+
+def output_size(model: Any) -> int | None:
+    """Rows of the output head (the size of the predicted distribution), else the config's vocab_size."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.ndim == 2 and weight.shape[0] > 0:  # not a sharded stand-in
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "vocab_size", None)
+    return size if isinstance(size, int) else None
 
 
 def count_parameters(model: Any) -> int:
@@ -203,6 +290,7 @@ def gather_facts(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedDat
         longest_example=longest,
         rows_read=sum(source.rows for source in data.sources),
         rows_over_length=sum(source.too_long + source.truncated for source in data.sources),
+        has_eval=data.eval is not None,
     )
 
 

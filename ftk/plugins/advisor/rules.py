@@ -1,255 +1,184 @@
-"""The advisor's rules: every threshold, what each rule looks at, and the table ``RULES``.
+"""The advisor's rules: what each rule looks at, its texts, and the table ``RULES``.
 
-The advisor plugin (``ftk.plugins.advisor``) gathers the facts, runs the rules before training
-(``phase="before"``, on :class:`RunFacts`) and at every log entry (``phase="during"``, on
-:class:`TrainingWatch`), and lists what fired in the end-of-run summary.  A rule is a name (what
-``advisor: {ignore: [...]}`` takes), a phase, a condition and two texts.
+The advisor plugin (``ftk.plugins.advisor``) gathers the facts and runs the rules in three phases:
+``before`` training (on :class:`RunFacts`), ``during`` it at every log entry and at the ``end``
+(both on :class:`TrainingWatch`, the logged history of the whole run, earlier sessions of a
+resumed run included).  It lists what fired in the end-of-run summary.  A rule is a name (what
+``advisor: {ignore: [...]}`` takes), a phase, a condition and its texts.  The thresholds are in
+``thresholds.py`` and re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from ftk.core.trainer import warmup_steps
+from .thresholds import (
+    COLLAPSE_STEPS,
+    COLLAPSE_TOLERANCE,
+    DIVERGENCE_FACTOR,
+    DIVERGENCE_MIN_RISE,
+    FAR_OUTSIDE,
+    FEW_ROWS,
+    FULL_LR,
+    HEALTH_WINDOW,
+    LONG_SEQUENCE_LEN,
+    LORA_LR,
+    LORA_SCALE,
+    LOSS_CHECK_STEP,
+    LOSS_MIN_DROP,
+    LOSS_ROSE,
+    LR_RANGES,
+    MANY_EPOCHS,
+    MIN_EFFECTIVE_BATCH,
+    MOE_MAX_GRAD_NORM,
+    MOE_WARMUP_ENOUGH,
+    MOE_WARMUP_SHARE,
+    NO_PROMPT_STRATEGIES,
+    OVER_LENGTH_SHARE,
+    OVERFIT_RISE,
+    OVERSIZED_FACTOR,
+    SMALL_FULL_LR,
+    SMALL_LORA_LR,
+    SMALL_MODEL_PARAMS,
+    SPIKE_FACTOR,
+    SPIKE_FLOOR,
+    SPIKE_MIN_HISTORY,
+    SPIKE_WINDOW,
+    TRAIN_SMOOTHING,
+    ZERO_GRAD_STEPS,
+    LrRange,
+    learning_rate_range,
+    loss_text,
+    lr_text,
+    steps_text,
+)
+from .watch import RunFacts, TrainingWatch
 
-if TYPE_CHECKING:
-    from ftk.core.config.schema import FtkConfig
+__all__ = [
+    "COLLAPSE_STEPS",
+    "COLLAPSE_TOLERANCE",
+    "DIVERGENCE_FACTOR",
+    "DIVERGENCE_MIN_RISE",
+    "FAR_OUTSIDE",
+    "FEW_ROWS",
+    "FULL_LR",
+    "HEALTH_WINDOW",
+    "LONG_SEQUENCE_LEN",
+    "LORA_LR",
+    "LORA_SCALE",
+    "LOSS_CHECK_STEP",
+    "LOSS_MIN_DROP",
+    "LOSS_ROSE",
+    "LR_RANGES",
+    "MANY_EPOCHS",
+    "MIN_EFFECTIVE_BATCH",
+    "MOE_MAX_GRAD_NORM",
+    "MOE_WARMUP_ENOUGH",
+    "MOE_WARMUP_SHARE",
+    "NO_PROMPT_STRATEGIES",
+    "OVERFIT_RISE",
+    "OVERSIZED_FACTOR",
+    "OVER_LENGTH_SHARE",
+    "SMALL_FULL_LR",
+    "SMALL_LORA_LR",
+    "SMALL_MODEL_PARAMS",
+    "SPIKE_FACTOR",
+    "SPIKE_FLOOR",
+    "SPIKE_MIN_HISTORY",
+    "SPIKE_WINDOW",
+    "TRAIN_SMOOTHING",
+    "ZERO_GRAD_STEPS",
+    "RULES",
+    "RULE_NAMES",
+    "RULES_BY_NAME",
+    "Finding",
+    "LrRange",
+    "Phase",
+    "Rule",
+    "RunFacts",
+    "TrainingWatch",
+    "evaluate",
+    "learning_rate_range",
+    "likely_cause",
+    "loss_text",
+    "lr_text",
+    "steps_text",
+]
 
-# --- thresholds -------------------------------------------------------------------------------
-# Learning rates are calibrated on real models; models under SMALL_MODEL_PARAMS parameters (the
-# bundled 10M-parameter test model trains LoRA at 2e-3) are exempt from the "too high" rules.
-SMALL_MODEL_PARAMS = 50_000_000
-LORA_LR = (1e-5, 5e-4)  # recommended LoRA learning rates
-FULL_LR = (1e-6, 5e-5)  # recommended full fine-tuning learning rates
-# MoE routers are fragile early on and under large updates: warm up for at least 10% of the steps
-# (100 steps suffice on long runs) and clip gradients at 0.5 or lower.
-MOE_WARMUP_SHARE, MOE_WARMUP_ENOUGH = 0.10, 100
-MOE_MAX_GRAD_NORM = 0.5
-# LoRA scale = lora_alpha / lora_r (rsLoRA: lora_alpha / sqrt(lora_r)); 1 to 2 is usual.
-LORA_SCALE = (0.5, 4.0)
-FEW_ROWS, MANY_EPOCHS = 1_000, 3.0  # more epochs than this over fewer rows than this: memorising
-MIN_EFFECTIVE_BATCH = 4  # unpacked examples per optimizer step, all devices (the advice aims at 2x)
-LONG_SEQUENCE_LEN, OVERSIZED_FACTOR = 1024, 4  # sequence_len >= both that and 4x the longest example
-OVER_LENGTH_SHARE = 0.05  # share of rows dropped or cut for exceeding sequence_len
-# A gradient-norm spike: above SPIKE_FACTOR × the median of the previous SPIKE_WINDOW logged norms
-# (once SPIKE_MIN_HISTORY are known) and above SPIKE_FLOOR, below which clipping at the default
-# max_grad_norm of 1.0 keeps the update harmless anyway.
-SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN_HISTORY, SPIKE_FLOOR = 5.0, 20, 5, 1.0
-# Loss not falling: at the first log at or past step LOSS_CHECK_STEP, the mean loss of the last
-# quarter of those steps is not at least LOSS_MIN_DROP (relative) below the first quarter's.
-LOSS_CHECK_STEP, LOSS_MIN_DROP = 100, 0.01
-# Overfitting: an eval loss OVERFIT_RISE (relative) above the best so far while the train loss
-# (mean of the last TRAIN_SMOOTHING logged values) is lower than it was at the best eval.
-OVERFIT_RISE, TRAIN_SMOOTHING = 0.02, 10
-# The summary's "loss fell a → b" compares the means of the first and last HEALTH_WINDOW losses
-# (fewer on short runs, so that the two ends never overlap; as the summary's train-loss row does).
-HEALTH_WINDOW = 5
-
-
-def lr_text(value: float) -> str:
-    """A learning rate as people write it: ``2e-4``, ``1.5e-5``."""
-    mantissa, exponent = f"{value:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-# --- what the rules look at -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """The settings and sizes the before-training rules judge (gathered by ``gather_facts``)."""
-
-    adapter: str | None
-    learning_rate: float
-    num_params: int
-    moe: bool
-    num_steps: int
-    warmup_steps: int
-    max_grad_norm: float
-    lora_r: int
-    lora_alpha: int
-    rslora: bool
-    train_rows: int
-    epochs: float
-    micro_batch_size: int
-    gradient_accumulation_steps: int
-    world_size: int
-    sample_packing: bool
-    sequence_len: int
-    longest_example: int | None = None
-    rows_read: int = 0
-    rows_over_length: int = 0
-    excess_length_strategy: str = "drop"
-
-    @classmethod
-    def from_config(cls, cfg: FtkConfig, **sizes: Any) -> RunFacts:
-        """Facts from ``cfg`` plus what only the run knows: ``num_params``, ``moe``, ``num_steps``,
-        ``train_rows``, ``epochs`` (and optionally ``world_size``, ``longest_example``, ...)."""
-        world_size = sizes.pop("world_size", 1)
-        lora = cfg.section("lora")  # the lora plugin's keys; the LoRA rules need adapter: lora or qlora
-        return cls(
-            adapter=cfg.adapter,
-            learning_rate=cfg.learning_rate,
-            warmup_steps=warmup_steps(cfg, sizes["num_steps"]),
-            max_grad_norm=cfg.max_grad_norm,
-            lora_r=lora.lora_r if lora else 0,
-            lora_alpha=lora.lora_alpha if lora else 0,
-            rslora=bool(lora and lora.peft_use_rslora),
-            micro_batch_size=cfg.micro_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            world_size=world_size,
-            sample_packing=cfg.sample_packing,
-            sequence_len=cfg.sequence_len,
-            excess_length_strategy=cfg.excess_length_strategy,
-            **sizes,
-        )
-
-    @property
-    def small_model(self) -> bool:
-        """Fewer parameters than the learning-rate ranges were calibrated for."""
-        return self.num_params < SMALL_MODEL_PARAMS
-
-    @property
-    def lora_scale(self) -> float:
-        """What LoRA multiplies the adapter's output by."""
-        return self.lora_alpha / (math.sqrt(self.lora_r) if self.rslora else self.lora_r)
-
-    @property
-    def effective_batch(self) -> int:
-        """Rows per optimizer step over all devices."""
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
-
-    @property
-    def moe_warmup_needed(self) -> int:
-        """The warmup an MoE run should have: 10% of the steps, but 100 are enough."""
-        return min(math.ceil(MOE_WARMUP_SHARE * self.num_steps), MOE_WARMUP_ENOUGH)
-
-    @property
-    def params_text(self) -> str:
-        """The parameter count as ``7B`` or ``60M``."""
-        return f"{self.num_params / 1e9:.3g}B" if self.num_params >= 1e9 else f"{self.num_params / 1e6:.3g}M"
+# --- causes -----------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainingWatch:
-    """What the during-training rules see: the logged history up to the latest entry."""
+def _lr_above_range(w: TrainingWatch) -> LrRange | None:
+    """The run's learning-rate range when the learning rate is above it (facts needed), else None."""
+    lr_range = w.facts.lr_range if w.facts is not None else None
+    return lr_range if lr_range is not None and w.learning_rate > lr_range.high else None
 
-    learning_rate: float = 0.0
-    max_grad_norm: float = 0.0
-    moe: bool = False
-    step: int = 0
-    latest: Literal["train", "eval", ""] = ""
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    grad_norms: list[tuple[int, float]] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
-    previous_train_step: int = 0
 
-    def record(self, step: int, logs: dict[str, float]) -> bool:
-        """Add one Trainer log entry; False when it holds nothing the rules look at."""
-        if "eval_loss" in logs:
-            self.step, self.latest = step, "eval"
-            self.evals.append((step, float(logs["eval_loss"])))
-            return True
-        if "loss" not in logs:
-            return False
-        self.previous_train_step = self.losses[-1][0] if self.losses else 0
-        self.step, self.latest = step, "train"
-        self.losses.append((step, float(logs["loss"])))
-        if logs.get("grad_norm") is not None:
-            self.grad_norms.append((step, float(logs["grad_norm"])))
-        return True
+def likely_cause(w: TrainingWatch) -> str:
+    """Why a loss went up, most likely first, with the change to make.
 
-    @property
-    def grad_norm(self) -> float | None:
-        """The gradient norm of the latest entry (None for eval entries or when not logged)."""
-        if self.latest == "train" and self.grad_norms and self.grad_norms[-1][0] == self.step:
-            return self.grad_norms[-1][1]
-        return None
-
-    @property
-    def grad_median(self) -> float | None:
-        """Median of the gradient norms logged before the latest one (None while too few)."""
-        before = [norm for _, norm in self.grad_norms[:-1][-SPIKE_WINDOW:]]
-        return statistics.median(before) if len(before) >= SPIKE_MIN_HISTORY else None
-
-    def reached(self, mark: int) -> bool:
-        """Whether the latest entry is the first training log at or past step ``mark``."""
-        return self.latest == "train" and self.previous_train_step < mark <= self.step
-
-    def early_late_loss(self, last_step: int) -> tuple[float, float] | None:
-        """Mean loss over the first and over the last quarter of steps 1..``last_step``."""
-        quarter = last_step / 4
-        early = [loss for step, loss in self.losses if step <= quarter]
-        late = [loss for step, loss in self.losses if last_step - quarter < step <= last_step]
-        if not early or not late:
-            return None
-        return statistics.fmean(early), statistics.fmean(late)
-
-    @property
-    def loss_not_falling(self) -> bool:
-        """At step 100: the loss of the last quarter is not 1% below the loss of the first."""
-        if not self.reached(LOSS_CHECK_STEP):
-            return False
-        means = self.early_late_loss(LOSS_CHECK_STEP)
-        return means is not None and means[1] > means[0] * (1 - LOSS_MIN_DROP)
-
-    def train_loss_at(self, step: int) -> float | None:
-        """Mean of the last ``TRAIN_SMOOTHING`` train losses logged at or before ``step``."""
-        recent = [loss for at, loss in self.losses if at <= step][-TRAIN_SMOOTHING:]
-        return statistics.fmean(recent) if recent else None
-
-    @property
-    def eval_loss(self) -> float | None:
-        """The eval loss of the latest entry (None for training entries)."""
-        return self.evals[-1][1] if self.latest == "eval" else None
-
-    @property
-    def best_eval(self) -> tuple[int, float] | None:
-        """(step, loss) of the lowest eval loss before the latest entry."""
-        earlier = self.evals[:-1] if self.latest == "eval" else self.evals
-        return min(earlier, key=lambda item: item[1]) if earlier else None
-
-    @property
-    def overfitting(self) -> bool:
-        """Eval loss 2% above its best while the train loss kept falling."""
-        best, now = self.best_eval, self.eval_loss
-        if best is None or now is None or now <= best[1] * (1 + OVERFIT_RISE):
-            return False
-        train_then, train_now = self.train_loss_at(best[0]), self.train_loss_at(self.step)
-        return train_then is not None and train_now is not None and train_now < train_then
-
-    @property
-    def clipping_text(self) -> str:
-        """How gradients are clipped, in words."""
+    A learning rate above its range (method and model size, from ``w.facts``), else no clipping,
+    else the learning rate for this model and data anyway.
+    """
+    lr = w.learning_rate
+    lr_range = _lr_above_range(w)
+    if w.facts is not None and lr_range is not None:
         return (
-            "no clipping (max_grad_norm 0)"
-            if self.max_grad_norm == 0
-            else f"max_grad_norm {self.max_grad_norm:g}"
+            f"likely cause: learning rate {lr_text(lr)} is high for {lr_range.run} "
+            f"{w.facts.params_text}-parameter model (range {lr_range.text}); lower learning_rate to about "
+            f"{lr_text(lr_range.start)}"
         )
+    if w.max_grad_norm == 0:
+        return (
+            f"likely cause: no gradient clipping (max_grad_norm 0) at learning rate {lr_text(lr)}; "
+            f"set max_grad_norm: 1.0 and lower learning_rate to {lr_text(lr / 2)}"
+        )
+    no_warmup = w.facts is not None and w.facts.warmup_steps == 0
+    return (
+        f"likely cause: learning rate {lr_text(lr)} is too high for this model and data"
+        f"{' with no warmup' if no_warmup else ''}; lower learning_rate to {lr_text(lr / 4)}"
+        + (" and set warmup_ratio: 0.05" if no_warmup else "")
+    )
 
-    def loss_trend(self) -> tuple[float, float] | None:
-        """Mean of the first and of the last few logged losses, for the summary."""
-        values = [loss for _, loss in self.losses]
-        if not values:
-            return None
-        window = max(1, min(HEALTH_WINDOW, len(values) // 2))  # the two ends never overlap
-        return statistics.fmean(values[:window]), statistics.fmean(values[-window:])
+
+def _flat_loss_advice(w: TrainingWatch) -> str:
+    return (
+        f"raise learning_rate (now {lr_text(w.learning_rate)}) and check which tokens are trained "
+        "(ftk preprocess --debug)"
+    )
+
+
+def _ended_high_advice(w: TrainingWatch) -> str:
+    """A loss that went up: the likely cause; one that stayed flat: a rate too low or the wrong tokens."""
+    trend, first = w.loss_trend(), w.first_loss
+    rose = trend is not None and first is not None and trend[1] > first[1] * (1 + LOSS_ROSE)
+    return likely_cause(w) if rose or _lr_above_range(w) else _flat_loss_advice(w)
+
+
+def _lower_lr_text(w: TrainingWatch) -> str:
+    """``lower learning_rate to about 2e-3`` (the range's start) when above the range, else to half."""
+    above = _lr_above_range(w)
+    if above is not None:
+        return f"lower learning_rate to about {lr_text(above.start)}"
+    return f"lower learning_rate to {lr_text(w.learning_rate / 2)}"
 
 
 # --- the rules --------------------------------------------------------------------------------
 
-Phase = Literal["before", "during"]
+Phase = Literal["before", "during", "end"]
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One check: ``condition`` and the texts take RunFacts (before) or TrainingWatch (during).
+    """One check: ``condition`` and the texts take RunFacts (before) or TrainingWatch (during, end).
 
-    The printed line is ``message; advice``; the summary shows ``label`` and ``advice``.
+    The printed line is ``message; advice``.  In the summary a before rule shows ``label:
+    advice``, an end rule its printed line, and a during rule ``label at step N (note): advice``
+    (``note``, when given, is short evidence kept at that step), or ``verdict`` of the whole run's
+    watch when the rule has one.
     """
 
     name: str
@@ -258,6 +187,8 @@ class Rule:
     condition: Callable[[Any], bool]
     message: Callable[[Any], str]
     advice: Callable[[Any], str]
+    note: Callable[[Any], str] | None = None
+    verdict: Callable[[Any], str] | None = None
 
 
 def _lora_alpha_for(facts: RunFacts, scale: float = 2.0) -> int:
@@ -273,51 +204,159 @@ def _over_length_text(f: RunFacts) -> str:
     )
 
 
+def _lr_low(method: str) -> Callable[[RunFacts], bool]:
+    def condition(f: RunFacts) -> bool:
+        r = f.lr_range
+        return r is not None and r.method == method and f.learning_rate < r.low
+
+    return condition
+
+
+def _lr_high(method: str) -> Callable[[RunFacts], bool]:
+    def condition(f: RunFacts) -> bool:
+        r = f.lr_range
+        return r is not None and r.method == method and f.learning_rate > r.high
+
+    return condition
+
+
+def _size_text(f: RunFacts) -> str:
+    """`` for models under 50M parameters`` where the small-model range applies."""
+    return f" for models under {SMALL_MODEL_PARAMS / 1e6:g}M parameters" if f.small_model else ""
+
+
+def _lr_low_text(f: RunFacts) -> str:
+    r = f.lr_range
+    assert r is not None
+    return f"learning_rate {lr_text(f.learning_rate)} is below the {r.method} range {r.text}{_size_text(f)}"
+
+
+def _lr_high_text(f: RunFacts) -> str:
+    r = f.lr_range
+    assert r is not None
+    text = (
+        f"learning_rate {lr_text(f.learning_rate)} is above the {r.method} range {r.text} "
+        f"for a {f.params_text}-parameter model"
+    )
+    if f.learning_rate >= FAR_OUTSIDE * r.high:
+        text += f" ({f.learning_rate / r.high:.3g}× its top, far outside: the loss will likely diverge)"
+    return text
+
+
+def _roles_text(f: RunFacts) -> str:
+    path, roles = f.trained_roles[0]
+    others = [role for role in roles if role != "assistant"]
+    what = " and ".join(f"{role} messages" for role in others)
+    more = f" (and {len(f.trained_roles) - 1} more datasets)" if len(f.trained_roles) > 1 else ""
+    return (
+        f"roles_to_train: [{', '.join(roles)}] in dataset {path}{more} trains the {what}"
+        + (" and not the assistant's" if "assistant" not in roles else " too")
+        + ": the model learns to write that side of the conversation, which supervised fine-tuning "
+        "usually does not intend"
+    )
+
+
+def _spike_text(w: TrainingWatch) -> str:
+    return (
+        f"step {w.step}: grad_norm {w.grad_norm:.3g} is {w.spike_ratio:.1f}× the median "
+        f"{w.grad_median:.3g} of the previous steps (a spike: over {SPIKE_FACTOR:g}× and over {SPIKE_FLOOR:g})"
+    )
+
+
+def _divergence_text(w: TrainingWatch, step: int, loss: float) -> str:
+    first_step, first = w.losses[0]
+    return f"loss diverged: {loss_text(first)} → {loss_text(loss)} ({loss / first:.2g}×) from step {first_step} to {step}"
+
+
+def _divergence_verdict(w: TrainingWatch) -> str:
+    peak = w.peak_loss
+    assert peak is not None
+    return f"{_divergence_text(w, *peak)}; {likely_cause(w)}"
+
+
+def _zero_grad_text(steps: list[int]) -> str:
+    return f"grad norm is exactly 0 for {steps_text(steps)}: no gradient reaches the trained parameters"
+
+
+def _zero_grad_advice(w: TrainingWatch) -> str:
+    return (
+        "check what is trained: the adapter's target modules (lora_target_modules or lora_target_linear), "
+        "frozen layers, and the trained tokens (ftk preprocess --debug); a collapsed model's gradients "
+        "vanish too"
+    )
+
+
+def _collapse_text(w: TrainingWatch, steps: list[int]) -> str:
+    was = (
+        "(it has not learned since step 1)"
+        if w.first_loss is not None and w.at_uniform_loss(w.first_loss[1])
+        else "(collapse)"
+    )
+    return (
+        f"loss ≈ ln(vocab_size)={w.uniform_loss:.2f}: the model predicts a uniform distribution {was} "
+        f"for {steps_text(steps)}"
+    )
+
+
+def _collapse_advice(w: TrainingWatch) -> str:
+    cause = likely_cause(w) if w.facts is not None or w.max_grad_norm == 0 else ""
+    restart = "restart from the base model, not from this run's checkpoints"
+    return (
+        f"{cause}; {restart}"
+        if cause
+        else f"lower learning_rate (now {lr_text(w.learning_rate)}) and {restart}"
+    )
+
+
+def _ended_above_text(w: TrainingWatch) -> str:
+    trend, first = w.loss_trend(), w.first_loss
+    assert trend is not None and first is not None
+    how = (
+        "the last logged value"
+        if w.health_window == 1
+        else f"mean of the last {w.health_window} logged values"
+    )
+    return (
+        f"loss ended above its first step: {loss_text(trend[1])} ({how}) against {loss_text(first[1])} "
+        f"at step {first[0]}"
+    )
+
+
 RULES: tuple[Rule, ...] = (
     # --- before training: f is RunFacts -------------------------------------------------------
     Rule(
         "lora_lr_low",
         "before",
         "LoRA learning rate too low",
-        lambda f: f.adapter in ("lora", "qlora") and f.learning_rate < LORA_LR[0],
-        lambda f: (
-            f"learning_rate {lr_text(f.learning_rate)} is below the LoRA range "
-            f"{lr_text(LORA_LR[0])} to {lr_text(LORA_LR[1])}: the adapter will barely move"
-        ),
-        lambda f: "raise learning_rate to about 2e-4",
+        _lr_low("LoRA"),
+        lambda f: f"{_lr_low_text(f)}: the adapter will barely move",
+        lambda f: f"raise learning_rate to about {lr_text(f.lr_range.start)}",
     ),
     Rule(
         "lora_lr_high",
         "before",
         "LoRA learning rate too high",
-        lambda f: f.adapter in ("lora", "qlora") and not f.small_model and f.learning_rate > LORA_LR[1],
-        lambda f: (
-            f"learning_rate {lr_text(f.learning_rate)} is above the LoRA range "
-            f"{lr_text(LORA_LR[0])} to {lr_text(LORA_LR[1])} for a {f.params_text}-parameter model"
-        ),
-        lambda f: "lower learning_rate to about 2e-4",
+        _lr_high("LoRA"),
+        _lr_high_text,
+        lambda f: f"lower learning_rate to about {lr_text(f.lr_range.start)}",
     ),
     Rule(
         "full_lr_low",
         "before",
         "full fine-tuning learning rate too low",
-        lambda f: f.adapter is None and f.learning_rate < FULL_LR[0],
-        lambda f: (
-            f"learning_rate {lr_text(f.learning_rate)} is below the full fine-tuning range "
-            f"{lr_text(FULL_LR[0])} to {lr_text(FULL_LR[1])}"
-        ),
-        lambda f: "raise learning_rate to about 1e-5",
+        _lr_low("full fine-tuning"),
+        _lr_low_text,
+        lambda f: f"raise learning_rate to about {lr_text(f.lr_range.start)}",
     ),
     Rule(
         "full_lr_high",
         "before",
         "full fine-tuning learning rate too high",
-        lambda f: f.adapter is None and not f.small_model and f.learning_rate > FULL_LR[1],
+        _lr_high("full fine-tuning"),
+        _lr_high_text,
         lambda f: (
-            f"learning_rate {lr_text(f.learning_rate)} is above the full fine-tuning range "
-            f"{lr_text(FULL_LR[0])} to {lr_text(FULL_LR[1])} for a {f.params_text}-parameter model"
+            f"lower learning_rate to about {lr_text(f.lr_range.start)}, or train a LoRA adapter (adapter: lora)"
         ),
-        lambda f: "lower learning_rate to about 1e-5, or train a LoRA adapter (adapter: lora)",
     ),
     Rule(
         "moe_warmup",
@@ -363,7 +402,8 @@ RULES: tuple[Rule, ...] = (
             f"epochs on under {FEW_ROWS:,} rows): the model will memorise them"
         ),
         lambda f: (
-            f"lower num_epochs to {MANY_EPOCHS:g} or less, or add data; set val_set_size to watch eval loss"
+            f"lower num_epochs to {MANY_EPOCHS:g} or less, or add data"
+            + ("" if f.has_eval else "; set val_set_size to watch eval loss")
         ),
     ),
     Rule(
@@ -409,24 +449,70 @@ RULES: tuple[Rule, ...] = (
             + ("" if f.excess_length_strategy == "truncate" else ", or set excess_length_strategy: truncate")
         ),
     ),
+    Rule(
+        "train_on_inputs",
+        "before",
+        "prompts trained (train_on_inputs)",
+        lambda f: f.train_on_inputs,
+        lambda f: (
+            "train_on_inputs: true trains the prompt tokens too (system and user turns, instructions), not "
+            "only the responses: the model learns to write prompts as well, which supervised fine-tuning "
+            "usually does not intend"
+        ),
+        lambda f: (
+            "set train_on_inputs: false unless you mean it (ftk preprocess --debug shows what is trained)"
+        ),
+    ),
+    Rule(
+        "roles_to_train",
+        "before",
+        "roles other than assistant trained",
+        lambda f: bool(f.trained_roles),
+        _roles_text,
+        lambda f: (
+            "set roles_to_train: [assistant] (the default) unless you mean it "
+            "(ftk preprocess --debug shows what is trained)"
+        ),
+    ),
     # --- during training: w is TrainingWatch, after each log entry ----------------------------
     Rule(
         "grad_spike",
         "during",
         "grad-norm spike",
+        lambda w: w.grad_spike,
+        _spike_text,
         lambda w: (
-            w.grad_norm is not None
-            and w.grad_median is not None
-            and w.grad_norm > max(SPIKE_FACTOR * w.grad_median, SPIKE_FLOOR)
-        ),
-        lambda w: (
-            f"step {w.step}: grad_norm {w.grad_norm:.3g} is {w.grad_norm / w.grad_median:.1f}× the median "
-            f"{w.grad_median:.3g} of the previous steps (a spike: over {SPIKE_FACTOR:g}× and over {SPIKE_FLOOR:g})"
-        ),
-        lambda w: (
-            f"lower learning_rate to {lr_text(w.learning_rate / 2)}"
+            _lower_lr_text(w)
             + (" or set max_grad_norm: 1.0" if w.max_grad_norm == 0 or w.max_grad_norm > 1 else "")
         ),
+        note=lambda w: f"{w.spike_ratio:.1f}× the median",
+    ),
+    Rule(
+        "loss_diverged",
+        "during",
+        "loss diverged",
+        lambda w: w.diverging,
+        lambda w: f"step {w.step}: {_divergence_text(w, w.step, w.losses[-1][1])}",
+        likely_cause,
+        verdict=_divergence_verdict,
+    ),
+    Rule(
+        "grad_norm_zero",
+        "during",
+        "grad norm exactly 0",
+        lambda w: len(w.zero_grad_streak) == ZERO_GRAD_STEPS,
+        lambda w: f"step {w.step}: {_zero_grad_text(w.zero_grad_streak)}",
+        _zero_grad_advice,
+        verdict=lambda w: f"{_zero_grad_text(w.longest_zero_grad())}; {_zero_grad_advice(w)}",
+    ),
+    Rule(
+        "loss_collapse",
+        "during",
+        "loss at ln(vocab_size)",
+        lambda w: len(w.collapse_streak) == COLLAPSE_STEPS,
+        lambda w: f"step {w.step}: {_collapse_text(w, w.collapse_streak)}",
+        _collapse_advice,
+        verdict=lambda w: f"{_collapse_text(w, w.longest_collapse())}; {_collapse_advice(w)}",
     ),
     Rule(
         "moe_grad_norm",
@@ -455,10 +541,7 @@ RULES: tuple[Rule, ...] = (
                 w.step, LOSS_CHECK_STEP, *w.early_late_loss(LOSS_CHECK_STEP), LOSS_MIN_DROP
             )
         ),
-        lambda w: (
-            f"raise learning_rate (now {lr_text(w.learning_rate)}) and check which tokens are trained "
-            "(ftk preprocess --debug)"
-        ),
+        _flat_loss_advice,
     ),
     Rule(
         "overfitting",
@@ -475,19 +558,30 @@ RULES: tuple[Rule, ...] = (
             "lower num_epochs or add data"
         ),
     ),
+    # --- at the end: w is TrainingWatch with the whole run's history --------------------------
+    Rule(
+        "loss_above_start",
+        "end",
+        "loss ended above its first step",
+        lambda w: w.ended_above_start and not w.ever_diverged,  # a divergence is reported as such
+        _ended_above_text,
+        _ended_high_advice,
+    ),
 )
 
 RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
+RULES_BY_NAME: dict[str, Rule] = {rule.name: rule for rule in RULES}
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One rule that fired: where (step, None before training) and the texts."""
+    """One rule that fired: where (step, None before training), the texts and the rule's note."""
 
     rule: str
     step: int | None
     message: str
     advice: str
+    note: str = ""
 
     @property
     def text(self) -> str:
@@ -497,9 +591,15 @@ class Finding:
 
 def evaluate(phase: Phase, subject: Any, ignore: tuple[str, ...] = ()) -> list[Finding]:
     """Run the rules of ``phase`` on ``subject`` (RunFacts or TrainingWatch) and return what fired."""
-    step = subject.step if phase == "during" else None
+    step = subject.step if phase != "before" else None
     return [
-        Finding(rule.name, step, rule.message(subject), rule.advice(subject))
+        Finding(
+            rule.name,
+            step,
+            rule.message(subject),
+            rule.advice(subject),
+            rule.note(subject) if rule.note else "",
+        )
         for rule in RULES
         if rule.phase == phase and rule.name not in ignore and rule.condition(subject)
     ]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ftk.core.config.schema import FtkConfig, StrictModel
@@ -26,7 +24,9 @@ from ftk.core.lm import (
     vocab_size,
 )
 from ftk.core.registry import Register
-from ftk.plugins.loss.chunked import chunked_summed_cross_entropy, rows_per_chunk
+
+if TYPE_CHECKING:
+    import torch
 
 SECTION = "chunked_cross_entropy"
 
@@ -50,6 +50,8 @@ class ChunkedLossSettings(StrictModel):
 
 def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of rows of logits against ``targets``, summed (``IGNORE_INDEX`` rows add 0)."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -66,6 +68,8 @@ def summed_loss(
     Chunked unless ``settings`` turn it off; models without ``logits_to_keep`` (or with labels
     that are not (batch, sequence)) get the plain loss over full logits.
     """
+    from ftk.plugins.loss.chunked import chunked_summed_cross_entropy, rows_per_chunk
+
     settings = settings or ChunkedLossSettings()
     labels = inputs["labels"]
     features = {key: value for key, value in inputs.items() if key != "labels"}

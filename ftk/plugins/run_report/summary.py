@@ -22,7 +22,9 @@ from ftk.core.config.schema import FtkConfig
 from ftk.core.files import atomic_write_text
 from ftk.core.lm import perplexity
 
-#: How many logged training losses are averaged at each end of the "train loss" row.
+#: How many logged training losses are averaged at each end of the "train loss" row.  The
+#: advisor's verdict ("healthy: loss fell a → b") averages the same values (its HEALTH_WINDOW), so
+#: the two agree on whether the loss fell (tests/test_advisor_cases.py).
 LOSS_WINDOW = 5
 
 Row = tuple[str, str]

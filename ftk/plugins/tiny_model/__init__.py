@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ftk.core.hookspecs import hookimpl
+from ftk.core.progress_lines import ProgressLines
 
 if TYPE_CHECKING:
     from ftk.core.registry import Register
@@ -48,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     started = time.perf_counter()
+    # In a log (no terminal) the rich bar prints nothing: a line every few seconds instead.
+    lines = ProgressLines("tiny-model warm-up", args.warmup_steps, "steps")
     with Progress(
         TextColumn("[bold]warm-up[/bold]"),
         BarColumn(),
@@ -56,12 +59,15 @@ def _run(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=args.warmup_steps <= 0,
+        disable=args.warmup_steps <= 0 or not console.is_terminal,  # a log gets `lines` instead
     ) as progress:
         task = progress.add_task("warm-up", total=max(args.warmup_steps, 1), loss="-")
 
         def report(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, loss=f"{loss:.3f}")
+            lines.update(step, f"loss {loss:.3f}")
+            if step == total:
+                lines.finish()
 
         out = tm.build_tiny_model(
             args.out_dir,
@@ -71,6 +77,9 @@ def _run(args: argparse.Namespace) -> int:
             num_layers=args.num_layers,
             force=args.force,
             progress=report,
+            stage=lambda text: console.print(
+                f"tiny-model: {text}", markup=False, highlight=False, soft_wrap=True
+            ),
         )
     elapsed = time.perf_counter() - started
 
@@ -80,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         losses = f"{warmup['loss_start']:.3f} → {warmup['loss_end']:.3f} in {warmup['steps']} steps"
     else:
         losses = "none (random initialisation)"
-    out_console = Console()
+    out_console = Console(soft_wrap=True)  # a long path stays on its line in a log
     out_console.print(f"[bold green]tiny model written to[/bold green] {out}")
     out_console.print(
         f"  Qwen3ForCausalLM: {info['parameters']:,} parameters, hidden {info['hidden_size']}, "

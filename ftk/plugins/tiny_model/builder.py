@@ -76,6 +76,8 @@ VOCAB_MULTIPLE = 64
 
 #: ``progress(step, total_steps, loss)`` is called after each warm-up step.
 ProgressCallback = Callable[[int, int, float], None]
+#: ``stage(text)`` is called as each stage of the build begins ("building the tokenizer", ...).
+StageCallback = Callable[[str], None]
 
 
 CHATML_ROLES = ("system", "user", "assistant", "tool")
@@ -338,6 +340,7 @@ def build_tiny_model(
     num_layers: int = DEFAULT_NUM_LAYERS,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    stage: StageCallback | None = None,
 ) -> Path:
     """Build the tiny model into ``out_dir`` and return its path.
 
@@ -345,19 +348,25 @@ def build_tiny_model(
     non-empty ``out_dir`` is an ``FtkError`` unless ``force`` is set, and even then only a model
     directory (one with ``config.json``) is replaced.  The build happens in a hidden sibling
     directory that is renamed into place at the end, so an interrupted build leaves no
-    directory that looks complete.  ``progress(step, total, loss)`` follows the warm-up.
+    directory that looks complete.  ``progress(step, total, loss)`` follows the warm-up, and
+    ``stage(text)`` hears of each stage as it begins.
     """
     import torch
 
+    announce = stage or (lambda text: None)
     out = Path(out_dir).expanduser().absolute()
     _check_sizes(hidden_size, num_layers, warmup_steps)
     _check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    announce("building the tokenizer (Qwen BPE)")
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        announce(f"creating the model (hidden size {hidden_size}, {num_layers} layers)")
         model = build_random_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
+        if warmup_steps > 0:
+            announce(f"warming up the embeddings and norms ({warmup_steps} steps)")
         losses = warm_up(model, tokenizer, warmup_steps, seed=seed, progress=progress)
 
     tail = losses[-10:]
@@ -381,6 +390,7 @@ def build_tiny_model(
         },
     }
 
+    announce(f"saving to {out}")
     staging = staging_directory(out)
     try:
         with _quiet_transformers():

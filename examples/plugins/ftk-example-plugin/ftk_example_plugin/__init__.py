@@ -8,8 +8,7 @@ each is called, is ``ftk/core/hookspecs.py``.
 
 from __future__ import annotations
 
-from transformers import TrainerCallback
-
+from ftk.core.callbacks import TrainerCallback
 from ftk.core.config.schema import FtkConfig
 from ftk.core.hookspecs import hookimpl
 from ftk.core.registry import Register

@@ -8,13 +8,15 @@ unless the config sets ``train_on_inputs: true``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from transformers import PreTrainedTokenizerBase
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.errors import FtkError, RowError
+
+if TYPE_CHECKING:  # for annotations only: importing transformers takes seconds
+    from transformers import PreTrainedTokenizerBase
 
 #: The label of a token the loss ignores (PyTorch's cross-entropy default).
 IGNORE_INDEX = -100

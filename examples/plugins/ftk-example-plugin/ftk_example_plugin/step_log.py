@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import TrainerCallback
+
+# transformers' TrainerCallback interface, without importing transformers (and torch) with the
+# plugin: every ftk command imports its plugins, `ftk --help` included.
+from ftk.core.callbacks import TrainerCallback
 
 SECTION = "example"
 LOG_FILE = "example_plugin.jsonl"
