@@ -244,6 +244,7 @@ def prepare_data(
 
     # Everything is written under a temporary folder beside the cache entry and renamed into place
     # at the end, so no reader sees half of it; the tokenized sources (``work``) are deleted first.
+    cache_root_is_new = not directory.parent.exists()
     staging = staging_directory(directory)
     try:
         work = staging / "work"
@@ -265,6 +266,8 @@ def prepare_data(
             publish_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if cache_root_is_new and not any(directory.parent.iterdir()):
+            directory.parent.rmdir()  # made for this run: a failed run leaves no empty cache folder
         raise
     with quiet_datasets():
         written = _load_cached(directory, from_cache=False)
