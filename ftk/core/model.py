@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ftk.core.errors import FtkError, say
 from ftk.core.lm import has_router, router_aux_loss_coef
 
@@ -57,6 +55,8 @@ def load_base_model(cfg: FtkConfig, hooks: Hooks, tokenizer: PreTrainedTokenizer
     if model is None:
         raise FtkError(f"base_model: no plugin could load the model {cfg.base_model!r}")
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        import torch
+
         with torch.random.fork_rng(devices=[]):  # new rows drawn the same way every time
             torch.manual_seed(cfg.seed)
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
