@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from ftk.cli import main
 from tests.helpers import first_chat_rows, write_config
@@ -63,7 +62,9 @@ GOOD_ALPACA = rows(*[{"instruction": f"q{i}", "input": "", "output": f"a{i}"} fo
 CONFIG_SYNTAX = [
     Case("yaml-unclosed-bracket", "config file", ["cfg.yaml:"], config_text="datasets: [\n"),
     Case("yaml-tab-indent", "config file", ["cfg.yaml:"], config_text="base_model: m\n\tseed: 1\n"),
-    Case("yaml-duplicate-key", "config file", ["seed"], config_text="SEED_TWICE"),
+    Case(
+        "yaml-duplicate-key", "config file", ["seed"], config_text="base_model: {model}\nseed: 1\nseed: 2\n"
+    ),
     Case("yaml-top-level-list", "config file", ["cfg.yaml"], config_text="- base_model: m\n"),
     Case("yaml-empty-file", "config file", ["cfg.yaml"], config_text=""),
     Case("yaml-only-comment", "config file", ["cfg.yaml"], config_text="# nothing\n"),
@@ -492,9 +493,9 @@ def _write_case(case: Case, tmp: Path, model: Path) -> Path:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content if isinstance(content, bytes) else content.encode())
-    data = case.data if case.data is not None else GOOD if case.dataset.get("type") is None else GOOD_ALPACA
-    if case.dataset.get("type") == "badstrat.rejects_rows":
-        data = GOOD
+    data = (
+        case.data if case.data is not None else GOOD_ALPACA if case.dataset.get("type") == "alpaca" else GOOD
+    )
     (tmp / "data.jsonl").write_bytes(data if isinstance(data, bytes) else data.encode())
     first_chat_rows(tmp / "chat.jsonl", 2)
     (tmp / "conf").mkdir()
@@ -502,22 +503,15 @@ def _write_case(case: Case, tmp: Path, model: Path) -> Path:
     (tmp / "conf" / "besidedata.jsonl").write_text(GOOD)
     config = tmp / "conf" / "cfg.yaml"
     if case.config_text is not None:
-        text = case.config_text
-        if text == "SEED_TWICE":
-            text = f"base_model: {model}\nseed: 1\nseed: 2\n"
-        config.write_bytes(text.encode("utf-8", "surrogateescape"))
+        config.write_bytes(_fill(case.config_text, tmp, model).encode("utf-8", "surrogateescape"))
         return config
     dataset = _without_deleted(
         _fill({"path": str(tmp / "data.jsonl"), "type": "chat_template", **case.dataset}, tmp, model)
     )
-    keys = {key: None if value is DELETE else value for key, value in case.keys.items()}
+    # Outputs beside the data (not in conf/), where the test looks for anything half-written.
+    keys = {"output_dir": str(tmp / "out"), "dataset_prepared_path": str(tmp / "prepared"), **case.keys}
+    keys = {key: None if value is DELETE else value for key, value in keys.items()}
     write_config(tmp / "conf", model, [dataset], **_fill(keys, tmp, model))
-    settings = yaml.safe_load(config.read_text())
-    settings["output_dir"] = _fill(case.keys.get("output_dir", str(tmp / "out")), tmp, model)
-    settings["dataset_prepared_path"] = _fill(
-        case.keys.get("dataset_prepared_path", str(tmp / "prepared")), tmp, model
-    )
-    config.write_text(yaml.safe_dump(settings, sort_keys=False))
     return config
 
 

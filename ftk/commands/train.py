@@ -31,6 +31,7 @@ from transformers import PrinterCallback, TrainingArguments, set_seed
 from ftk.commands.common import add_config_argument
 from ftk.core import checkpoints
 from ftk.core.config.loader import dump_config
+from ftk.core.config.paths import checkpoint_problem
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.collate import PaddingCollator
 from ftk.core.data.pipeline import PreparedData, prepare_data
@@ -311,13 +312,12 @@ def checkpoint_to_resume(cfg: FtkConfig, console: Console) -> Path | None:
     for leftover in checkpoints.remove_incomplete(cfg.output_dir):
         console.print(f"removed what an interrupted save left: {leftover}", markup=False, highlight=False)
     if cfg.resume_from_checkpoint:
-        path = Path(cfg.resume_from_checkpoint)
-        if not checkpoints.is_complete(path):
-            raise FtkError(
-                f"resume_from_checkpoint: {path} is not a complete checkpoint "
-                f"(expected a checkpoint-N directory holding {checkpoints.TRAINER_STATE_FILE})"
-            )
-        return path
+        problem = checkpoint_problem(
+            cfg.resume_from_checkpoint
+        )  # checked by prepare(); run_training may run without it
+        if problem is not None:
+            raise FtkError(f"resume_from_checkpoint: {problem}")
+        return Path(cfg.resume_from_checkpoint).expanduser()
     if not cfg.auto_resume:
         if checkpoints.latest_checkpoint(cfg.output_dir) is not None:
             console.print(

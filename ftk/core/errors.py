@@ -47,9 +47,10 @@ def say(text: str) -> None:
 
     Under a distributed launcher every process runs the same code: only rank 0 prints.
     """
-    import os
     import sys
 
-    if os.environ.get("RANK", "0") != "0":
+    from ftk.core.launch import rank
+
+    if rank() != 0:
         return
     print(text, file=sys.stderr)

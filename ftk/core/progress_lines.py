@@ -14,6 +14,8 @@ import sys
 import time
 from typing import IO, Any
 
+from ftk.core.launch import rank
+
 DEFAULT_INTERVAL = 10.0
 
 
@@ -61,7 +63,7 @@ class ProgressLines:
         self.done = 0
         self.detail = ""
         self.printed = False
-        self.active = not is_terminal(self.stream) and os.environ.get("RANK", "0") == "0"
+        self.active = not is_terminal(self.stream) and rank() == 0
 
     def _print(self, elapsed: bool = False) -> None:
         line = count_line(self.label, self.done, self.total, self.unit, self.detail)

@@ -14,10 +14,10 @@ and ``close``.  ``ftk --verbose`` leaves tqdm alone.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
+from ftk.core.launch import rank
 from ftk.core.progress_lines import count_line, interval, is_terminal
 
 _STATE = "_ftk_lines"  # per bar: {"last": time of the last line or None}
@@ -41,7 +41,7 @@ def _display(bar: Any, msg: str | None = None, pos: int | None = None) -> bool:
     if is_terminal(bar.fp):
         return bool(_installed["display"](bar, msg, pos))
     state = bar.__dict__.setdefault(_STATE, {"started": time.monotonic(), "last": None})
-    if msg == "" or os.environ.get("RANK", "0") != "0":  # a clear (``close``); not the main process
+    if msg == "" or rank() != 0:  # a clear (``close``); not the main process
         return False
     now = time.monotonic()
     since = now - (state["last"] if state["last"] is not None else state["started"])

@@ -130,7 +130,8 @@ def _same_place(first: str, second: str) -> bool:
     return _here(first).resolve() == _here(second).resolve()
 
 
-def _checkpoint_problem(value: str) -> str | None:
+def checkpoint_problem(value: str) -> str | None:
+    """Why ``value`` cannot be resumed from (missing, or not a complete checkpoint), or None."""
     from ftk.core import checkpoints
 
     path = Path(value).expanduser()
@@ -170,5 +171,5 @@ def path_problems(cfg: FtkConfig, config_dir: Path, purpose: str) -> list[Proble
         if Path(cfg.base_model).expanduser().is_dir() and _same_place(cfg.output_dir, cfg.base_model):
             add(("output_dir",), "is the base_model directory; training would write over the base model")
         if cfg.resume_from_checkpoint:
-            add(("resume_from_checkpoint",), _checkpoint_problem(cfg.resume_from_checkpoint))
+            add(("resume_from_checkpoint",), checkpoint_problem(cfg.resume_from_checkpoint))
     return problems

@@ -278,7 +278,11 @@ def gather_facts(cfg: FtkConfig, trainer: Trainer, model: Any, data: PreparedDat
         batches, args.gradient_accumulation_steps, args.num_train_epochs, args.max_steps
     )
     train = data.train
-    longest = max(train["length"]) if "length" in train.column_names and len(train) else None
+    longest = None
+    if "length" in train.column_names and len(train):
+        from ftk.core.data.columns import column_array  # one arrow read, not a Python object per row
+
+        longest = int(column_array(train, "length").max())
     return RunFacts.from_config(
         cfg,
         num_params=count_parameters(model),
