@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticUndefined
@@ -27,8 +27,16 @@ HOOK_REFERENCE = "hooks.md"
 
 
 def _type_name(annotation: Any) -> str:
-    """A short, readable name for a field's type."""
+    """A short, readable name for a field's type (``path``: ``~`` and ``$VARIABLES`` are expanded)."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = get_args(annotation)
+        validators = {getattr(getattr(item, "func", None), "__name__", "") for item in metadata}
+        if "expand_path" in validators:
+            return "path"
+        if "expand_template_path" in validators:
+            return "text or path"
+        return _type_name(base)
     if origin is None:
         return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "null")
     args = ", ".join(_type_name(arg) for arg in get_args(annotation))
@@ -38,6 +46,13 @@ def _type_name(annotation: Any) -> str:
     if name == "Literal":
         return " | ".join(repr(arg) for arg in get_args(annotation))
     return f"{name}[{args}]"
+
+
+def _field_type_name(field: Any) -> str:
+    """The type name of a pydantic field (whose ``Annotated`` metadata pydantic keeps apart)."""
+    if field.metadata:
+        return _type_name(Annotated[(field.annotation, *field.metadata)])
+    return _type_name(field.annotation)
 
 
 def _default(field: Any) -> str:
@@ -53,7 +68,7 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        kind = _type_name(field.annotation).replace("|", "\\|")
+        kind = _field_type_name(field).replace("|", "\\|")
         description = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {kind} | {_default(field)} | {description} |")
     return lines
@@ -66,7 +81,9 @@ def config_reference(manager: FtkPluginManager) -> str:
         "# Config reference",
         "",
         "Generated from the pydantic schema by `python -m ftk.reference docs`; do not edit by hand.",
-        "Unknown keys are errors everywhere. Keys follow axolotl's names.",
+        "Unknown keys are errors everywhere. Keys follow axolotl's names. A value of type `path` may use",
+        "`~` and environment variables (`~/runs/a`, `$SCRATCH/data.jsonl`), expanded when the config is",
+        "read; a variable that is not set is an error. A relative path is read from the working directory.",
         "",
         "## Top-level keys",
         "",
@@ -116,7 +133,7 @@ def config_reference(manager: FtkPluginManager) -> str:
             if section.flat:  # top-level keys
                 out += ["", f"### Top-level keys of plugin `{owner}`", "", *_table(model)]
             elif issubclass(model, RootModel):  # a top-level value, not a mapping of keys
-                kind = _type_name(model.model_fields["root"].annotation).replace("|", "\\|")
+                kind = _field_type_name(model.model_fields["root"]).replace("|", "\\|")
                 about = inspect.getdoc(model) or ""
                 out += [
                     "",

@@ -15,6 +15,49 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0, warmup_steps=0)
 
 
+#: Tokens of Qwen's BPE that the small-vocabulary model keeps (the 256 bytes and the first merges).
+SMALL_VOCAB = 16384
+
+
+@pytest.fixture(scope="session")
+def small_vocab_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Qwen's vocabulary cut to its first 16,384 tokens, for tests that read no token id.
+
+    Same tokenizer pipeline (NFC, Qwen's split, byte-level BPE), chat template and special tokens
+    (renumbered after the kept tokens: ``<|endoftext|>`` 16384, ``<|im_start|>`` 16385,
+    ``<|im_end|>`` 16386), and a random Qwen3 of the tiny model's shape sized for it.  Any text
+    still encodes and decodes to itself; the bundled dialogues take about 10% more tokens (the
+    longest 891 instead of 822).  Its tokenizer loads in about a tenth of the time of the
+    151,646-token one (some 2 s, paid by every command a test runs in-process) and its output
+    layer is a ninth of the size: tests that run many commands which stop on bad input, or train
+    a few steps and check what is saved, use it.
+    """
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from ftk.plugins.tiny_model.builder import build_random_model
+
+    out = tmp_path_factory.mktemp("small-vocab") / "model"
+    out.mkdir()
+    full = json.loads((tiny_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    bpe = full["model"]
+    vocab = {token: index for token, index in bpe["vocab"].items() if index < SMALL_VOCAB}
+    bpe["vocab"] = vocab
+    bpe["merges"] = [[a, b] for a, b in bpe["merges"] if a in vocab and b in vocab and a + b in vocab]
+    for offset, added in enumerate(full["added_tokens"]):
+        added["id"] = SMALL_VOCAB + offset
+    (out / "tokenizer.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_model_dir / name, out / name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        build_random_model(AutoTokenizer.from_pretrained(out)).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir: Path):
     """The tiny model's tokenizer, shared: tests that change a tokenizer load their own copy."""

@@ -484,7 +484,7 @@ def test_disabled_advisor_adds_no_callback_prints_nothing_and_adds_no_rows(tmp_p
 
 @pytest.mark.slow
 def test_a_real_run_prints_the_warning_and_puts_the_diagnosis_in_the_summary(
-    tmp_path, tiny_model_dir, capsys
+    tmp_path, small_vocab_model_dir, capsys
 ):
     from ftk.commands.train import run_training
 
@@ -492,7 +492,7 @@ def test_a_real_run_prints_the_warning_and_puts_the_diagnosis_in_the_summary(
     path = tmp_path / "cfg.yaml"
     path.write_text(
         f"""\
-base_model: {tiny_model_dir}
+base_model: {small_vocab_model_dir}
 datasets:
   - path: {data}
 adapter: lora

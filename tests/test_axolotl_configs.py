@@ -1,7 +1,8 @@
 """Configs written with axolotl's documented key names validate and preprocess with ftk unchanged.
 
 They cover the common shapes of an axolotl config: chat_template with LoRA and packing, alpaca with
-QLoRA, raw-text completion, and a full fine-tune; paths point at the bundled data and tiny model.
+QLoRA, raw-text completion, and a full fine-tune; paths point at the bundled data and the tiny model
+(its small-vocabulary version: no count checked here depends on the vocabulary).
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def write(tmp_path: Path, name: str, model: Path, data: dict[str, Path]) -> Path
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_axolotl_style_config_validates_and_preprocesses(tmp_path, tiny_model_dir, data, name, capsys):
-    path = write(tmp_path, name, tiny_model_dir, data)
+def test_axolotl_style_config_validates_and_preprocesses(tmp_path, small_vocab_model_dir, data, name, capsys):
+    path = write(tmp_path, name, small_vocab_model_dir, data)
     assert main(["validate", str(path)]) == 0
     capsys.readouterr()
     assert main(["preprocess", str(path), "--json"]) == 0

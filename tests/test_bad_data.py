@@ -1,7 +1,9 @@
 """Bad data input: one line naming the file, the line (or row) and the field, exit code 2, nothing written.
 
 Each case runs ``ftk train`` in-process; it must stop before the model is loaded, with no
-traceback, one ``error:`` line, no ``output_dir`` and no cache entry.
+traceback, one ``error:`` line, no ``output_dir`` and no cache entry.  The commands run on the
+small-vocabulary tiny model (``small_vocab_model_dir``): no message here depends on a token id,
+and its tokenizer loads in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -83,19 +85,19 @@ def test_a_file_that_starts_with_an_array(tmp_path, text, problem):
     assert str(info.value) == (f"{data}:{problem}" if problem[0].isdigit() else f"{data}: {problem}")
 
 
-def test_truncated_json_object_names_its_line_and_column(tmp_path, tiny_model_dir, capsys):
+def test_truncated_json_object_names_its_line_and_column(tmp_path, small_vocab_model_dir, capsys):
     lines = chat_lines(25)
     lines[19] = '{"a": 1'
     data = jsonl_lines(tmp_path / "data.jsonl", lines)
-    line = failure(capsys, tmp_path, chat_config(tmp_path, tiny_model_dir, data))
+    line = failure(capsys, tmp_path, chat_config(tmp_path, small_vocab_model_dir, data))
     assert line == f"error: {data}:20: not valid JSON (Expecting ',' delimiter at column 8)"
 
 
-def test_a_line_that_is_not_an_object_is_named(tmp_path, tiny_model_dir, capsys):
+def test_a_line_that_is_not_an_object_is_named(tmp_path, small_vocab_model_dir, capsys):
     lines = chat_lines(12)
     lines[9] = "42"
     data = jsonl_lines(tmp_path / "data.jsonl", lines)
-    line = failure(capsys, tmp_path, chat_config(tmp_path, tiny_model_dir, data))
+    line = failure(capsys, tmp_path, chat_config(tmp_path, small_vocab_model_dir, data))
     assert line == f"error: {data}:10: expected a JSON object, got a number"
 
 
@@ -118,13 +120,13 @@ def test_the_wrong_line_and_what_is_wrong_with_it(tmp_path, text, problem):
 
 
 def test_blank_lines_are_skipped_and_rows_are_named_by_their_line(
-    tmp_path, tiny_model_dir, tokenizer, capsys
+    tmp_path, small_vocab_model_dir, tiny_model_dir, tokenizer, capsys
 ):
     bad = {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}
     lines = [*chat_lines(4), "", "   ", *chat_lines(3), json.dumps(bad), *chat_lines(2), ""]
     data = jsonl_lines(tmp_path / "data.jsonl", lines)
     # datasets itself fails on blank lines once a field's type varies between rows; ftk reads them.
-    line = failure(capsys, tmp_path, chat_config(tmp_path, tiny_model_dir, data))
+    line = failure(capsys, tmp_path, chat_config(tmp_path, small_vocab_model_dir, data))
     assert line == f"error: {data}:10: messages[0].content: must be text, got int"
 
     good = jsonl_lines(tmp_path / "good.jsonl", [*chat_lines(2), "", *chat_lines(2)])
@@ -141,10 +143,10 @@ def test_a_null_line_is_named_as_such(tmp_path, tiny_model_dir, tokenizer):
     assert str(info.value) == f"{data}:2: expected a JSON object, got null"
 
 
-def test_skipped_rows_are_named_by_their_line(tmp_path, tiny_model_dir, capsys):
+def test_skipped_rows_are_named_by_their_line(tmp_path, small_vocab_model_dir, capsys):
     bad = {"messages": [{"role": "robot", "content": "x"}]}
     data = jsonl_lines(tmp_path / "data.jsonl", [json.dumps(CHAT), "", json.dumps(bad), json.dumps(CHAT)])
-    cfg = chat_config(tmp_path, tiny_model_dir, data, invalid_rows="skip")
+    cfg = chat_config(tmp_path, small_vocab_model_dir, data, invalid_rows="skip")
     assert main(["preprocess", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert f"skipped {data}:3: messages[0].role: unknown role 'robot'; map it with `roles:`" in out
@@ -153,10 +155,10 @@ def test_skipped_rows_are_named_by_their_line(tmp_path, tiny_model_dir, capsys):
 # --- empty, binary and mislabelled files ------------------------------------------------------
 
 
-def test_an_empty_file_says_so(tmp_path, tiny_model_dir, capsys):
+def test_an_empty_file_says_so(tmp_path, small_vocab_model_dir, capsys):
     data = tmp_path / "data.jsonl"
     data.write_bytes(b"")
-    line = failure(capsys, tmp_path, chat_config(tmp_path, tiny_model_dir, data))
+    line = failure(capsys, tmp_path, chat_config(tmp_path, small_vocab_model_dir, data))
     assert line == f"error: {data}: empty file"
 
 
@@ -296,9 +298,9 @@ def strategy_config(tmp_path: Path, model: Path, type_name: str) -> Path:
     ],
 )
 def test_strategy_function_checked_at_validation(
-    tmp_path, tiny_model_dir, capsys, strategies, function, message
+    tmp_path, small_vocab_model_dir, capsys, strategies, function, message
 ):
-    cfg = strategy_config(tmp_path, tiny_model_dir, f"{strategies}.{function}")
+    cfg = strategy_config(tmp_path, small_vocab_model_dir, f"{strategies}.{function}")
     line = failure(capsys, tmp_path, cfg)
     expected = message.format(name=strategies)
     assert line == f"error: {cfg}:{line_of(cfg, 'type')}: datasets[0].type: {expected}"
@@ -338,9 +340,9 @@ def test_what_a_strategy_function_returns_is_checked(
 
 
 def test_a_build_function_that_returns_no_function_stops_the_cli(
-    tmp_path, tiny_model_dir, capsys, strategies
+    tmp_path, small_vocab_model_dir, capsys, strategies
 ):
-    cfg = strategy_config(tmp_path, tiny_model_dir, f"{strategies}.returns_a_number")
+    cfg = strategy_config(tmp_path, small_vocab_model_dir, f"{strategies}.returns_a_number")
     assert failure(capsys, tmp_path, cfg) == (
         f"error: {tmp_path / 'data.jsonl'}: {strategies}.returns_a_number(dataset, tokenizer, cfg) returned "
         "int 5, not a function of one row (docs/datasets.md#your-own-format-type-mypkgmodulefunction)"
@@ -366,8 +368,8 @@ def test_a_build_function_that_returns_no_function_stops_the_cli(
         ("no_such_package.build", "no module named 'no_such_package' (strategy 'no_such_package.build')"),
     ],
 )
-def test_unknown_type_names_the_type_and_the_fix(tmp_path, tiny_model_dir, capsys, type_name, message):
-    cfg = strategy_config(tmp_path, tiny_model_dir, type_name)
+def test_unknown_type_names_the_type_and_the_fix(tmp_path, small_vocab_model_dir, capsys, type_name, message):
+    cfg = strategy_config(tmp_path, small_vocab_model_dir, type_name)
     line = failure(capsys, tmp_path, cfg)
     assert line.startswith(f"error: {cfg}:{line_of(cfg, 'type')}: datasets[0].type: {message}")
 
@@ -375,10 +377,10 @@ def test_unknown_type_names_the_type_and_the_fix(tmp_path, tiny_model_dir, capsy
 # --- null fields, missing columns, nothing to train -------------------------------------------
 
 
-def test_a_null_assistant_content_names_line_and_field(tmp_path, tiny_model_dir, capsys):
+def test_a_null_assistant_content_names_line_and_field(tmp_path, small_vocab_model_dir, capsys):
     row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]}
     data = jsonl_lines(tmp_path / "data.jsonl", [json.dumps(CHAT), json.dumps(row)])
-    line = failure(capsys, tmp_path, chat_config(tmp_path, tiny_model_dir, data))
+    line = failure(capsys, tmp_path, chat_config(tmp_path, small_vocab_model_dir, data))
     assert line == (
         f"error: {data}:2: messages[1].content: missing or null (every message needs text; an assistant "
         "message may have tool_calls instead)"
@@ -449,11 +451,11 @@ def test_alpaca_null_output_and_missing_column(tmp_path, tiny_model_dir, tokeniz
     assert str(info.value) == expected
 
 
-def test_a_dataset_with_nothing_to_train_stops_the_run(tmp_path, tiny_model_dir, capsys):
+def test_a_dataset_with_nothing_to_train_stops_the_run(tmp_path, small_vocab_model_dir, capsys):
     good = jsonl_lines(tmp_path / "good.jsonl", chat_lines(3))
     questions = jsonl_lines(tmp_path / "questions.jsonl", [json.dumps(QUESTION_ONLY)] * 2)
     entries = [{"path": good, "type": "chat_template"}, {"path": questions, "type": "chat_template"}]
-    cfg = write_config(tmp_path, tiny_model_dir, entries, **BASE)
+    cfg = write_config(tmp_path, small_vocab_model_dir, entries, **BASE)
     assert failure(capsys, tmp_path, cfg) == (
         f"error: datasets[1] ({questions}): no rows left to train on, of 2: 2 with nothing to train (no "
         "token of them is trained: a conversation without an assistant turn, or roles_to_train or "
@@ -461,10 +463,10 @@ def test_a_dataset_with_nothing_to_train_stops_the_run(tmp_path, tiny_model_dir,
     )
 
 
-def test_rows_with_nothing_to_train_are_counted_and_named(tmp_path, tiny_model_dir, capsys):
+def test_rows_with_nothing_to_train_are_counted_and_named(tmp_path, small_vocab_model_dir, capsys):
     rows = [json.dumps(CHAT), json.dumps(QUESTION_ONLY), "", json.dumps(CHAT), json.dumps(QUESTION_ONLY)]
     data = jsonl_lines(tmp_path / "data.jsonl", rows)
-    cfg = chat_config(tmp_path, tiny_model_dir, data)
+    cfg = chat_config(tmp_path, small_vocab_model_dir, data)
     assert main(["preprocess", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert f"; dropped 2 rows: 2 with nothing to train ({data}:2, {data}:5)" in out
@@ -486,9 +488,9 @@ def test_rows_with_nothing_to_train_are_counted_and_named(tmp_path, tiny_model_d
         ),
     ],
 )
-def test_roles_to_train_must_name_roles(tmp_path, tiny_model_dir, capsys, setting, problem):
+def test_roles_to_train_must_name_roles(tmp_path, small_vocab_model_dir, capsys, setting, problem):
     data = jsonl_lines(tmp_path / "data.jsonl", chat_lines(2))
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {data}\n{setting}")
+    cfg.write_text(f"base_model: {small_vocab_model_dir}\ndatasets:\n  - path: {data}\n{setting}")
     line = failure(capsys, tmp_path, cfg)
     assert line == f"error: {cfg}:{line_of(cfg, 'roles_to_train')}: datasets[0].roles_to_train: {problem}"

@@ -9,6 +9,7 @@ The categories and their counts are listed in docs/troubleshooting.md ("Bad inpu
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from ftk.cli import main
+from ftk.core.locks import exclusive_lock
 from tests.helpers import first_chat_rows, write_config
 
 DELETE = object()
@@ -42,6 +44,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     argv: list[str] | None = None
+    hold_lock: str | None = None  # a file (relative to the case's folder) another run holds locked
 
 
 def rows(*items: Any) -> str:
@@ -458,7 +461,131 @@ CLI = [
     Case("merge-lora-without-adapter", "command line", ["adapter"], argv=["merge-lora", "{cfg}"]),
 ]
 
-CASES = CONFIG_SYNTAX + CONFIG_KEYS + PATHS + DATA_FILES + DATA_ROWS + STRATEGIES + MACHINE + CLI
+#: 529 bytes of YAML that expand to 9**9 values through nine levels of aliases.
+ALIAS_BOMB = "".join(
+    [f"a0: &a0 [{', '.join(['lol'] * 9)}]\n"]
+    + [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]\n" for n in range(1, 9)]
+)
+#: A pickle that would call print("pwned") if it were loaded without weights-only loading.
+EVIL_PICKLE = b"\x80\x02}q\x00X\x05\x00\x00\x00stateq\x01c__builtin__\nprint\nq\x02X\x05\x00\x00\x00pwnedq\x03\x85q\x04Rq\x05s."
+CHECKPOINT = "{tmp}/old/checkpoint-2"
+
+ADVERSARIAL = [
+    Case(
+        "yaml-alias-bomb",
+        "adversarial",
+        ["cfg.yaml:", "too many values: more than 100,000"],
+        config_text=ALIAS_BOMB,
+    ),
+    Case(
+        "yaml-deep-nesting",
+        "adversarial",
+        ["cfg.yaml:2", "nested more than 100 levels deep"],
+        config_text="base_model: m\nseed: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    ),
+    Case(
+        "yaml-python-tag",
+        "adversarial",
+        ["cfg.yaml:2", "python/name:os.system"],
+        config_text="base_model: m\nseed: !!python/name:os.system x\n",
+    ),
+    Case(
+        "data-nested-100k-arrays",
+        "adversarial",
+        ["data.jsonl:2", "nested 100,001 levels deep (arrays and objects); a row may nest 63 at most"],
+        command=P,
+        data=rows(chat()) + '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}\n" + rows(chat()),
+    ),
+    Case(
+        "data-nested-100k-objects",
+        "adversarial",
+        ["data.jsonl:3", "nested 100,001 levels deep"],
+        command=P,
+        data=rows(chat(), chat()) + '{"meta": ' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "}\n",
+    ),
+    Case(
+        "data-huge-row-raise",
+        "adversarial",
+        ["data.jsonl:2", "tokens (a text of 5,000,000 characters), more than sequence_len"],
+        command=P,
+        keys={"excess_length_strategy": "raise"},
+        data=rows(chat(), chat("Summarise this.", "word " * 1_000_000), chat()),
+    ),
+    Case(
+        "concurrent-run-on-output-dir",
+        "adversarial",
+        ["output_dir", "is in use by process", "wait for it to finish"],
+        command="train",
+        hold_lock="out/.ftk-run.lock",
+    ),
+    Case(
+        "resume-optimizer-pickle-runs-code",
+        "adversarial",
+        ["cfg.yaml:", "resume_from_checkpoint:", "optimizer.pt is not a valid checkpoint file"],
+        command="train",
+        keys={"resume_from_checkpoint": CHECKPOINT},
+        files={
+            "old/checkpoint-2/trainer_state.json": '{"global_step": 2}',
+            "old/checkpoint-2/optimizer.pt": EVIL_PICKLE,
+        },
+    ),
+    Case(
+        "output-dir-foreign-files",
+        "adversarial",
+        ["cfg.yaml:", "output_dir:", "holds no ftk run (README.md)", "overwrite_output_dir: true"],
+        command="train",
+        files={"out/README.md": "# my notes\n"},
+    ),
+]
+
+MORE_PATHS = [
+    Case(
+        "resume-trainer-state-garbage",
+        "paths",
+        ["cfg.yaml:", "resume_from_checkpoint:", "trainer_state.json is not a valid checkpoint file"],
+        keys={"resume_from_checkpoint": CHECKPOINT},
+        files={"old/checkpoint-2/trainer_state.json": "{not json"},
+    ),
+    Case(
+        "prepared-locks-is-file",
+        "paths",
+        ["dataset_prepared_path", "prepared/.locks"],
+        command=P,
+        files={"prepared/.locks": "not a folder"},
+    ),
+    Case(
+        "path-unset-variable",
+        "paths",
+        ["cfg.yaml:", "output_dir: environment variable FTK_UNSET_VARIABLE is not set"],
+        keys={"output_dir": "$FTK_UNSET_VARIABLE/run"},
+    ),
+]
+
+MORE_STRATEGIES = [
+    Case(
+        "strategy-missing-dependency",
+        "custom strategies",
+        ["datasets[0].type", "depstrat", "No module named 'no_such_dep_xyz'"],
+        dataset={"type": "depstrat.build"},
+        files={
+            "depstrat.py": "import no_such_dep_xyz\n\ndef build(dataset, tokenizer, cfg):\n    return None\n"
+        },
+    ),
+]
+
+CASES = (
+    CONFIG_SYNTAX
+    + CONFIG_KEYS
+    + PATHS
+    + MORE_PATHS
+    + DATA_FILES
+    + DATA_ROWS
+    + STRATEGIES
+    + MORE_STRATEGIES
+    + MACHINE
+    + CLI
+    + ADVERSARIAL
+)
 
 STRATEGY_MODULES = {
     "badstrat.py": (
@@ -522,8 +649,11 @@ def test_the_table_is_large_and_every_id_is_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_a_bad_input_is_one_clear_error(case, tmp_path, tiny_model_dir, capsys, monkeypatch):
-    config = _write_case(case, tmp_path, tiny_model_dir)
+def test_a_bad_input_is_one_clear_error(case, tmp_path, small_vocab_model_dir, capsys, monkeypatch):
+    # Every case stops before a model is loaded and none reads a token id: the small-vocabulary
+    # tiny model loads its tokenizer some 2 s faster in each of the 30-odd cases that load one.
+    model = small_vocab_model_dir
+    config = _write_case(case, tmp_path, model)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("badstrat", "brokenstrat"):
@@ -533,10 +663,12 @@ def test_a_bad_input_is_one_clear_error(case, tmp_path, tiny_model_dir, capsys, 
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
     argv = case.argv or [case.command, str(config), *case.args]
-    argv = [_fill(arg, tmp_path, tiny_model_dir).replace("{cfg}", str(config)) for arg in argv]
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-
-    code = main(argv)
+    argv = [_fill(arg, tmp_path, model).replace("{cfg}", str(config)) for arg in argv]
+    with contextlib.ExitStack() as held:
+        if case.hold_lock:  # another run holds it (a second open file is a second holder)
+            held.enter_context(exclusive_lock(tmp_path / case.hold_lock, "another run"))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        code = main(argv)
 
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
@@ -545,7 +677,7 @@ def test_a_bad_input_is_one_clear_error(case, tmp_path, tiny_model_dir, capsys, 
     assert errors, err
     first = errors[0]
     for fragment in case.expect:
-        assert _fill(fragment, tmp_path, tiny_model_dir) in first, (first, err)
+        assert _fill(fragment, tmp_path, model) in first, (first, err)
     created = sorted(set(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) - set(before))
     assert not [p for p in created if p.parts[0] in ("out", "prepared") and (tmp_path / p).is_file()], created
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

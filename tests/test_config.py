@@ -173,7 +173,9 @@ def test_custom_strategy_import_error_is_reported_as_itself(tmp_path):
 
 
 def test_misspelt_chat_template_names_are_caught_at_validation(tmp_path):
-    choices = "choose tokenizer_default, jinja or one of chatml, gemma, llama3, mistral, qwen3"
+    from ftk.prompt_strategies.templates import BUILTIN_TEMPLATES
+
+    choices = f"choose tokenizer_default, jinja or a built-in: {', '.join(BUILTIN_TEMPLATES)}"
     path = write(
         tmp_path,
         """\

@@ -2,8 +2,12 @@
 without colour, no third-party noise, progress lines for long steps, and the commands taking
 their arguments in any order.
 
-Every command runs in a fresh ``python -m ftk.cli`` process with stdout and stderr captured, as
-in a CI log (neither is a terminal).
+Commands run in a fresh ``python -m ftk.cli`` process with stdout and stderr captured, as in a CI
+log (neither is a terminal).  Where a test reads only what a command prints (not the libraries'
+start-up noise nor what a fresh process imports), the command runs in-process through
+``ftk.cli.main`` with pytest capturing stdout and stderr (not terminals either), which spares the
+start-up of a process that imports torch; and where no token id is read, on the small-vocabulary
+tiny model, whose tokenizer loads faster.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ftk.cli import main
 from tests.helpers import SMALL_LORA, first_chat_rows, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,32 +120,43 @@ def test_the_import_free_callback_base_answers_every_event_transformers_calls():
     assert Counter.seen == ["step_end"]
 
 
-def test_every_command_still_has_its_arguments_when_run(tmp_path, tiny_model_dir):
+def test_every_command_still_has_its_arguments_when_run(tmp_path, tiny_model_dir, capsys):
     """Only the command that runs declares its arguments; each still parses its own options."""
     config = write_config(tmp_path, tiny_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 4))
     run = ftk("validate", str(config), "--micro_batch_size", "3")
     assert run.returncode == 0, run.stderr
     assert "micro_batch_size: 3" in run.stdout
-    completion = ftk("completion", "bash")
-    assert completion.returncode == 0
-    assert "--max-new-tokens" in completion.stdout and "--debug-num-examples" in completion.stdout
+    # completion reads every command's arguments (importing torch & co.): in-process, where they are loaded.
+    assert main(["completion", "bash"]) == 0
+    completion = capsys.readouterr().out
+    assert "--max-new-tokens" in completion and "--debug-num-examples" in completion
 
 
 # --- preprocess --debug without colour ------------------------------------------------------------
 
 
-@pytest.fixture
-def one_dialogue(tmp_path, tiny_model_dir) -> Path:
+def one_dialogue_config(tmp_path: Path, model_dir: Path) -> Path:
+    """A config on one dialogue in a file whose name is long enough to widen the stats table."""
     data = tmp_path / "a_data_file_with_a_long_enough_name_to_widen_the_table.jsonl"
     messages = [{"role": "user", "content": USER}, {"role": "assistant", "content": ASSISTANT}]
     data.write_text(json.dumps({"messages": messages}) + "\n")
-    return write_config(tmp_path, tiny_model_dir, data)
+    return write_config(tmp_path, model_dir, data)
 
 
-def test_debug_marks_the_trained_tokens_in_the_text_when_piped(one_dialogue):
-    run = ftk("preprocess", str(one_dialogue), "--debug", "--debug-num-examples", "1", "--debug-text-only")
-    assert run.returncode == 0, run.stderr
-    out = run.stdout
+@pytest.fixture
+def one_dialogue(tmp_path, tiny_model_dir) -> Path:
+    return one_dialogue_config(tmp_path, tiny_model_dir)
+
+
+@pytest.fixture
+def one_dialogue_small_vocab(tmp_path, small_vocab_model_dir) -> Path:
+    return one_dialogue_config(tmp_path, small_vocab_model_dir)
+
+
+def test_debug_marks_the_trained_tokens_in_the_text_when_piped(one_dialogue_small_vocab, capsys):
+    args = ["preprocess", str(one_dialogue_small_vocab), "--debug", "--debug-num-examples", "1"]
+    assert main([*args, "--debug-text-only"]) == 0
+    out = capsys.readouterr().out
     assert "\x1b[" not in out  # no colour codes in a pipe
     assert "legend: «trained»  not trained" in out
     trained = re.findall(r"«(.*?)»", out.split("row 0:", 1)[1], flags=re.S)
@@ -159,14 +175,14 @@ def test_debug_with_token_ids_marks_each_trained_run(one_dialogue):
     assert "\n" not in row.strip().split("\n", 1)[1]  # one row, one line: not wrapped at 80 columns
 
 
-def test_stats_table_is_not_cut_at_80_columns_when_piped(one_dialogue):
-    run = ftk("preprocess", str(one_dialogue))
-    assert run.returncode == 0, run.stderr
-    assert "…" not in run.stdout
-    header = next(line for line in run.stdout.splitlines() if "source" in line)
+def test_stats_table_is_not_cut_at_80_columns_when_piped(one_dialogue_small_vocab, capsys):
+    assert main(["preprocess", str(one_dialogue_small_vocab)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    header = next(line for line in out.splitlines() if "source" in line)
     for column in ("rows", "kept", "invalid", "too long", "truncated", "nothing trained", "trained tokens"):
         assert f" {column} " in header, column
-    assert "a_data_file_with_a_long_enough_name_to_widen_the_table.jsonl (train)" in run.stdout
+    assert "a_data_file_with_a_long_enough_name_to_widen_the_table.jsonl (train)" in out
     assert len(header) > 80
 
 
@@ -202,8 +218,8 @@ def test_tqdm_bars_in_a_log_become_lines_and_quick_ones_stay_silent():
     assert "\r" in tqdm_demo("-v", interval="60")  # --verbose: the libraries' own bars
 
 
-def test_preprocess_prints_tokenizing_progress_lines_in_a_log(tmp_path, tiny_model_dir):
-    config = write_config(tmp_path, tiny_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 40))
+def test_preprocess_prints_tokenizing_progress_lines_in_a_log(tmp_path, small_vocab_model_dir):
+    config = write_config(tmp_path, small_vocab_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 40))
     run = ftk("preprocess", str(config), env={"FTK_PROGRESS_INTERVAL": "0"})
     assert run.returncode == 0, run.stderr
     assert "\r" not in run.stderr
@@ -230,10 +246,10 @@ def test_tiny_model_build_reports_its_stages_and_warm_up_in_a_log(tmp_path):
 
 
 def test_generate_takes_the_prompt_after_the_options_and_verbose_shows_the_libraries_bars(
-    tmp_path, tiny_model_dir
+    tmp_path, small_vocab_model_dir, capsys
 ):
-    config = write_config(tmp_path, tiny_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 2))
-    args = ("generate", str(config), "--model", str(tiny_model_dir), "--max-new-tokens", "2")
+    config = write_config(tmp_path, small_vocab_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 2))
+    args = ("generate", str(config), "--model", str(small_vocab_model_dir), "--max-new-tokens", "2")
     quiet = ftk(*args, "Book a table for two", "--seed", "1")
     assert quiet.returncode == 0, quiet.stderr
     assert noise_in(quiet.stderr) == []
@@ -242,21 +258,22 @@ def test_generate_takes_the_prompt_after_the_options_and_verbose_shows_the_libra
     assert "Loading weights" in verbose.stderr  # --verbose: transformers' own bar, as it draws it
     assert quiet.stdout == verbose.stdout  # greedy: the same reply
 
-    two = ftk(*args, "Book a table", "for two")
-    assert two.returncode == 2
+    # In-process: the error is ftk's own output (the eval test below checks an error in a fresh process).
+    capsys.readouterr()
+    assert main([*args, "Book a table", "for two"]) == 2
     assert (
-        two.stderr
+        capsys.readouterr().err
         == "error: PROMPT: 2 prompts given ('Book a table', 'for two'); quote the prompt as one argument\n"
     )
 
 
-def test_eval_takes_model_like_generate(tmp_path, tiny_model_dir):
+def test_eval_takes_model_like_generate(tmp_path, small_vocab_model_dir):
     config = write_config(
-        tmp_path, tiny_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 6), val_set_size=2
+        tmp_path, small_vocab_model_dir, first_chat_rows(tmp_path / "chat.jsonl", 6), val_set_size=2
     )
-    by_model = ftk("eval", str(config), "--model", str(tiny_model_dir), "--json")
+    by_model = ftk("eval", str(config), "--model", str(small_vocab_model_dir), "--json")
     assert by_model.returncode == 0, by_model.stderr
-    assert f"eval: 2 rows; full {tiny_model_dir}; device " in by_model.stderr
+    assert f"eval: 2 rows; full {small_vocab_model_dir}; device " in by_model.stderr
     assert set(json.loads(by_model.stdout)) == {"eval_loss", "eval_perplexity", "eval_tokens"}
     missing = ftk("eval", str(config), "--model", str(tmp_path / "nope"))
     assert missing.returncode == 2
@@ -295,12 +312,16 @@ def train_example(
 def test_quickstart_is_quiet_and_eval_json_uses_the_metrics_names(tmp_path, tiny_model_dir):
     """The quickstart with gradient checkpointing on: LoRA (peft imports bitsandbytes), and a plugin
     reading the deprecated property as peft < 0.22 did.  No warning, no library noise; then
-    ``ftk eval --json`` gives the numbers under the names metrics.jsonl uses."""
+    ``ftk eval --json`` gives the numbers under the names metrics.jsonl uses.
+
+    The eval set is cut from 30 rows (5%) to 8: it is evaluated twice, at step 2 and by ``ftk eval``.
+    """
     run = train_example(
         "quickstart.yaml",
         tmp_path,
         tiny_model_dir,
         "--eval_steps", "2",
+        "--val_set_size", "8",
         "--gradient_checkpointing", "true",
         "--plugins", "[tests.fixture_plugins.deprecated_read]",
     )  # fmt: skip
@@ -313,7 +334,7 @@ def test_quickstart_is_quiet_and_eval_json_uses_the_metrics_names(tmp_path, tiny
     logged = next(entry for entry in entries if "eval_loss" in entry)
     evaluated = ftk(
         "eval", "examples/quickstart.yaml", "--base_model", str(tiny_model_dir),
-        "--dataset_prepared_path", str(tmp_path / "prepared"),
+        "--val_set_size", "8", "--dataset_prepared_path", str(tmp_path / "prepared"),
         "--adapter", str(tmp_path / "out"), "--json",
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr

@@ -1,4 +1,8 @@
-"""The built-in optimizers and schedules (plugins adding their own: test_registrations.py)."""
+"""The built-in optimizers and schedules (plugins adding their own: test_registrations.py).
+
+The training runs use the small-vocabulary tiny model (``small_vocab_model_dir``): nothing checked
+here depends on the vocabulary, and each run is faster on it.
+"""
 
 from __future__ import annotations
 
@@ -292,9 +296,9 @@ def train(tmp_path: Path, model_dir: Path, data: Path, **keys) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_training_logs_the_builtin_schedule(tmp_path, tiny_model_dir, few_chats):
+def test_training_logs_the_builtin_schedule(tmp_path, small_vocab_model_dir, few_chats):
     schedule = {"learning_rate": 1.0e-3, "lr_scheduler": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}
-    logs = train(tmp_path, tiny_model_dir, few_chats, **schedule)
+    logs = train(tmp_path, small_vocab_model_dir, few_chats, **schedule)
     assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]
     # Logged step k is the rate step k trained at: one warmup step at half the peak (none at 0),
     # the peak, then cosine decay over 4 steps towards 0.1 of the peak, half way (0.55) at step 4.

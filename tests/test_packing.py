@@ -177,13 +177,13 @@ def test_packed_equals_one_by_one_with_flash_attention(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_packed_training_run(tmp_path, tiny_model_dir):
+def test_packed_training_run(tmp_path, small_vocab_model_dir):
     data = tmp_path / "chat.jsonl"
     with (REPO / "examples" / "data" / "sgd_chat_600.jsonl").open() as source:
         data.write_text("".join(islice(source, 40)))
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(
-        f"base_model: {tiny_model_dir}\ndatasets:\n  - path: {data}\nadapter: lora\nlora_target_linear: true\n"
+        f"base_model: {small_vocab_model_dir}\ndatasets:\n  - path: {data}\nadapter: lora\nlora_target_linear: true\n"
         f"sequence_len: 1024\nsample_packing: true\nmicro_batch_size: 2\nmax_steps: 3\nlearning_rate: 1.0e-3\n"
         f"val_set_size: 4\noutput_dir: {tmp_path / 'out'}\ndataset_prepared_path: {tmp_path / 'prep'}\n"
     )

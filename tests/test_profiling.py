@@ -1,4 +1,8 @@
-"""The profiling plugin: a Chrome trace of the chosen steps, the top operations, and its config keys."""
+"""The profiling plugin: a Chrome trace of the chosen steps, the top operations, and its config keys.
+
+The training runs use the small-vocabulary tiny model (``small_vocab_model_dir``): nothing checked
+here depends on the vocabulary, and each run is faster on it.
+"""
 
 from __future__ import annotations
 
@@ -69,8 +73,8 @@ def step_markers(events: list[dict]) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_profiles_the_window_into_a_chrome_trace_and_top_ops(tmp_path, tiny_model_dir, chat16, capsys):
-    folder = train(tmp_path, tiny_model_dir, chat16, "profiler_steps_start: 1\nprofiler_steps: 2\n")
+def test_profiles_the_window_into_a_chrome_trace_and_top_ops(tmp_path, small_vocab_model_dir, chat16, capsys):
+    folder = train(tmp_path, small_vocab_model_dir, chat16, "profiler_steps_start: 1\nprofiler_steps: 2\n")
     assert sorted(p.name for p in folder.iterdir()) == [
         "top_ops.txt",
         "trace_rank0.json",
@@ -104,17 +108,19 @@ def test_profiles_the_window_into_a_chrome_trace_and_top_ops(tmp_path, tiny_mode
 
 
 @pytest.mark.slow
-def test_a_window_after_the_last_step_profiles_nothing_and_says_so(tmp_path, tiny_model_dir, chat16, capsys):
-    folder = train(tmp_path, tiny_model_dir, chat16, "profiler_steps_start: 4\nprofiler_steps: 2\n")
+def test_a_window_after_the_last_step_profiles_nothing_and_says_so(
+    tmp_path, small_vocab_model_dir, chat16, capsys
+):
+    folder = train(tmp_path, small_vocab_model_dir, chat16, "profiler_steps_start: 4\nprofiler_steps: 2\n")
     assert not folder.exists()
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("profiler:")]
     assert notes == ["profiler: steps 5-6 asked for, but the run's last step is 4; nothing was profiled"]
 
 
 @pytest.mark.slow
-def test_a_window_past_the_end_profiles_the_steps_that_ran(tmp_path, tiny_model_dir, chat16, capsys):
+def test_a_window_past_the_end_profiles_the_steps_that_ran(tmp_path, small_vocab_model_dir, chat16, capsys):
     extra = "profiler_steps_start: 3\nprofiler_steps: 5\nprofiler:\n  row_limit: 3\n  profile_memory: false\n"
-    folder = train(tmp_path, tiny_model_dir, chat16, extra)
+    folder = train(tmp_path, small_vocab_model_dir, chat16, extra)
     events = json.loads((folder / "trace_rank0.json").read_text())["traceEvents"]
     assert sorted(step_markers(events)) == ["ProfilerStep#4"]
     text = (folder / "top_ops.txt").read_text()

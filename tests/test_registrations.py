@@ -1,5 +1,8 @@
 """Named choices are registrations: a plugin outside ftk adds an optimizer, a schedule, an adapter
 kind and a tracker, and a config selects each by name; full fine-tuning needs no adapter plugin.
+
+The training runs use the small-vocabulary tiny model (``small_vocab_model_dir``): nothing checked
+here depends on the vocabulary, and each run is faster on it.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ def logged(output_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_third_party_plugin_adds_each_named_choice(tmp_path, tiny_model_dir, chats):
+def test_a_third_party_plugin_adds_each_named_choice(tmp_path, small_vocab_model_dir, chats):
     path = write_config(
         tmp_path,
-        tiny_model_dir,
+        small_vocab_model_dir,
         chats,
         plugins=[PLUGIN],
         optimizer="plain_sgd",
@@ -59,7 +62,10 @@ def test_a_third_party_plugin_adds_each_named_choice(tmp_path, tiny_model_dir, c
     assert [(e["step"], e["loss"]) for e in tracked] == [(e["step"], e["loss"]) for e in logs]
     # The adapter kind trained the norm weights only; the full model was saved (no peft adapter).
     assert result.global_step == 4 and not (out / "adapter_config.json").exists()
-    base, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    base, trained = (
+        load_file(small_vocab_model_dir / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
     changed = {name for name in base if not torch.equal(base[name], trained[name])}
     norms = {name for name in base if "norm" in name}
     assert changed == norms and norms
@@ -88,9 +94,11 @@ def test_a_misspelt_name_is_a_config_error_with_a_hint(tmp_path, key, value, exp
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_needs_no_adapter_plugin(tmp_path, tiny_model_dir, chats, monkeypatch, capsys):
+def test_full_fine_tuning_needs_no_adapter_plugin(
+    tmp_path, small_vocab_model_dir, chats, monkeypatch, capsys
+):
     monkeypatch.setenv("FTK_DISABLE_PLUGINS", "lora")
-    path = write_config(tmp_path, tiny_model_dir, chats, max_steps=2, learning_rate=1.0e-4)
+    path = write_config(tmp_path, small_vocab_model_dir, chats, max_steps=2, learning_rate=1.0e-4)
     assert main(["train", str(path)]) == 0
     out = tmp_path / "out"
     assert len(logged(out)) == 2 and (out / "model.safetensors").is_file()
@@ -101,5 +109,5 @@ def test_full_fine_tuning_needs_no_adapter_plugin(tmp_path, tiny_model_dir, chat
         ({"adapter": "lora"}, "adapter: unknown adapter 'lora'; registered: none (no plugin registers one)"),
         ({"lora_r": 4}, "lora_r: unknown key"),
     ):
-        assert main(["validate", str(write_config(tmp_path, tiny_model_dir, chats, **keys))]) == 2
+        assert main(["validate", str(write_config(tmp_path, small_vocab_model_dir, chats, **keys))]) == 2
         assert expected in capsys.readouterr().err

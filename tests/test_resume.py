@@ -1,4 +1,8 @@
-"""Checkpoints and clean stops: exact resume, SIGTERM, SIGKILL mid-save, NaN, out of memory."""
+"""Checkpoints and clean stops: exact resume, SIGTERM, SIGKILL mid-save, NaN, out of memory.
+
+The runs train the small-vocabulary tiny model (``small_vocab_model_dir``): nothing checked here
+depends on the vocabulary, and its tokenizer and output layer make each of the 14 runs faster.
+"""
 
 from __future__ import annotations
 
@@ -60,12 +64,12 @@ def run(config: Path, *overrides: str) -> int:
     ids=["padded-mid-epoch", "packed-mid-epoch", "packed-second-epoch"],
 )
 def test_stop_and_resume_reproduces_the_uninterrupted_losses(
-    tmp_path, tiny_model_dir, chat16, packing, stop_at
+    tmp_path, small_vocab_model_dir, chat16, packing, stop_at
 ):
     keys = {**BASE, "sample_packing": packing}
     straight_out = tmp_path / "straight"
     straight = write_config(
-        tmp_path, tiny_model_dir, chat16, "straight.yaml", output_dir=straight_out, **keys
+        tmp_path, small_vocab_model_dir, chat16, "straight.yaml", output_dir=straight_out, **keys
     )
     assert run(straight) == 0
     expected = train_losses(straight_out)
@@ -73,13 +77,15 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(
 
     out = tmp_path / "resumed"
     events = {"plugins": EVENTS, "events": {"signal_at_step": stop_at}}
-    stopped = write_config(tmp_path, tiny_model_dir, chat16, "stopped.yaml", output_dir=out, **keys, **events)
+    stopped = write_config(
+        tmp_path, small_vocab_model_dir, chat16, "stopped.yaml", output_dir=out, **keys, **events
+    )
     assert run(stopped) == 0
     assert (out / f"checkpoint-{stop_at}" / "trainer_state.json").is_file()
     assert not (out / "adapter_model.safetensors").exists()  # a stopped run saves no final model
     assert sorted(train_losses(out)) == list(range(1, stop_at + 1))
 
-    resumed = write_config(tmp_path, tiny_model_dir, chat16, "resumed.yaml", output_dir=out, **keys)
+    resumed = write_config(tmp_path, small_vocab_model_dir, chat16, "resumed.yaml", output_dir=out, **keys)
     assert run(resumed, "--auto_resume", "true") == 0
     got = train_losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
@@ -88,10 +94,10 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(
     assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, tiny_model_dir, chat16, capsys):
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, small_vocab_model_dir, chat16, capsys):
     out = tmp_path / "out"
     config = write_config(
-        tmp_path, tiny_model_dir, chat16, plugins=EVENTS, events={"signal_at_step": 2}, **BASE
+        tmp_path, small_vocab_model_dir, chat16, plugins=EVENTS, events={"signal_at_step": 2}, **BASE
     )
     assert run(config) == 0
     checkpoint = out / "checkpoint-2"
@@ -108,11 +114,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, tiny_model_dir, cha
 
 
 def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
-    tmp_path, tiny_model_dir, chat16
+    tmp_path, small_vocab_model_dir, chat16
 ):
     out = tmp_path / "out"
     events = {"plugins": EVENTS, "events": {"kill_while_saving_step": 4}, "save_steps": 2}
-    config = write_config(tmp_path, tiny_model_dir, chat16, **BASE, **events)
+    config = write_config(tmp_path, small_vocab_model_dir, chat16, **BASE, **events)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.run(
         [sys.executable, "-m", "ftk.cli", "train", str(config), "--lr_scheduler", "kill_while_saving"],
@@ -126,11 +132,11 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
     assert "checkpoint-2" in names and "checkpoint-4" not in names, names
     assert ".incomplete-checkpoint-4" in names  # the interrupted save, under a name nothing mistakes
     # The previous checkpoint is whole: the adapter loads onto the base model.
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(small_vocab_model_dir)
     PeftModel.from_pretrained(base, out / "checkpoint-2")
 
     again = write_config(
-        tmp_path, tiny_model_dir, chat16, "again.yaml", save_steps=2, auto_resume=True, **BASE
+        tmp_path, small_vocab_model_dir, chat16, "again.yaml", save_steps=2, auto_resume=True, **BASE
     )
     cfg, manager = load_config(again)
     result = run_training(cfg, manager)
@@ -141,11 +147,11 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_for_auto_resume(
 
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, tiny_model_dir, chat16, capsys
+    tmp_path, small_vocab_model_dir, chat16, capsys
 ):
     out = tmp_path / "out"
     events = {"plugins": EVENTS, "events": {"nan_at_step": 5}, "save_steps": 2}
-    config = write_config(tmp_path, tiny_model_dir, chat16, **BASE, **events)
+    config = write_config(tmp_path, small_vocab_model_dir, chat16, **BASE, **events)
     assert run(config) == 1
     message = capsys.readouterr().err
     assert "training diverged, step 5: loss nan" in message
@@ -155,8 +161,10 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
     assert not (out / "adapter_model.safetensors").exists()
 
 
-def test_out_of_memory_names_what_to_lower(tmp_path, tiny_model_dir, chat16, capsys):
-    config = write_config(tmp_path, tiny_model_dir, chat16, plugins=EVENTS, events={"oom_at_step": 2}, **BASE)
+def test_out_of_memory_names_what_to_lower(tmp_path, small_vocab_model_dir, chat16, capsys):
+    config = write_config(
+        tmp_path, small_vocab_model_dir, chat16, plugins=EVENTS, events={"oom_at_step": 2}, **BASE
+    )
     assert run(config) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1

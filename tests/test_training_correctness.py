@@ -1,4 +1,9 @@
-"""Training-step correctness: the warmup's first step, resuming a finished run, a full disk while saving."""
+"""Training-step correctness: the warmup's first step, resuming a finished run, a full disk while saving.
+
+The runs train the small-vocabulary tiny model (``small_vocab_model_dir``): what is checked here
+(learning rates, step and token counts, checkpoints, messages) does not depend on the vocabulary,
+and its tokenizer and output layer make each run several seconds shorter.
+"""
 
 from __future__ import annotations
 
@@ -35,11 +40,11 @@ def jsonl(path: Path) -> list[dict]:
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``directory``: its modification time (ns) and bytes."""
+    """Every file under ``directory``: its modification time (ns) and bytes (not the run's lock file)."""
     return {
         str(path.relative_to(directory)): (path.stat().st_mtime_ns, path.read_bytes())
         for path in sorted(directory.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name != ".ftk-run.lock"
     }
 
 
@@ -58,10 +63,10 @@ def test_warmup_never_spends_a_step_at_learning_rate_zero(shape):
 
 @pytest.mark.slow
 def test_the_first_warmup_step_trains_and_each_logged_rate_is_the_rate_its_step_used(
-    tmp_path, chat8, tiny_model_dir
+    tmp_path, chat8, small_vocab_model_dir
 ):
     config = write_config(
-        tmp_path, tiny_model_dir, chat8, plugins=PROBE, lr_scheduler="linear", warmup_steps=2, **RUN
+        tmp_path, small_vocab_model_dir, chat8, plugins=PROBE, lr_scheduler="linear", warmup_steps=2, **RUN
     )
     assert main(["train", str(config)]) == 0
     out = tmp_path / "out"
@@ -78,11 +83,11 @@ def test_the_first_warmup_step_trains_and_each_logged_rate_is_the_rate_its_step_
 
 @pytest.mark.slow
 def test_a_checkpoint_between_two_logged_steps_saves_the_token_count_of_its_own_step(
-    tmp_path, chat8, tiny_model_dir
+    tmp_path, chat8, small_vocab_model_dir
 ):
     # Logged at step 2 only; checkpoint-1's count is what a resumed run continues from.
     keys = {**RUN, "max_steps": 2, "save_steps": 1, "logging_steps": 2}
-    assert main(["train", str(write_config(tmp_path, tiny_model_dir, chat8, **keys))]) == 0
+    assert main(["train", str(write_config(tmp_path, small_vocab_model_dir, chat8, **keys))]) == 0
     out = tmp_path / "out"
     saved = [trainer_state(out / f"checkpoint-{step}")["num_input_tokens_seen"] for step in (1, 2)]
     assert [entry["num_tokens"] for entry in jsonl(out / "metrics.jsonl") if "loss" in entry] == [saved[1]]
@@ -105,8 +110,10 @@ def test_a_checkpoint_between_two_logged_steps_saves_the_token_count_of_its_own_
     ],
     ids=["max_steps-auto_resume", "epochs-resume_from_checkpoint"],
 )
-def test_resuming_a_finished_run_only_says_so(tmp_path, chat8, tiny_model_dir, capsys, length, resume, where):
-    config = write_config(tmp_path, tiny_model_dir, chat8, **{**RUN, **length})
+def test_resuming_a_finished_run_only_says_so(
+    tmp_path, chat8, small_vocab_model_dir, capsys, length, resume, where
+):
+    config = write_config(tmp_path, small_vocab_model_dir, chat8, **{**RUN, **length})
     out = tmp_path / "out"
     assert main(["train", str(config)]) == 0
     assert (out / "checkpoint-4").is_dir() and (out / "adapter_model.safetensors").is_file()
@@ -141,7 +148,7 @@ def stated_bytes(text: str) -> float:
 
 @pytest.mark.slow
 def test_a_full_disk_at_checkpoint_2_keeps_checkpoint_1_and_removes_the_partial_one(
-    tmp_path, chat8, tiny_model_dir, capsys, monkeypatch
+    tmp_path, chat8, small_vocab_model_dir, capsys, monkeypatch
 ):
     real_save = torch.save
 
@@ -152,7 +159,7 @@ def test_a_full_disk_at_checkpoint_2_keeps_checkpoint_1_and_removes_the_partial_
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    config = write_config(tmp_path, tiny_model_dir, chat8, save_steps=1, **RUN)
+    config = write_config(tmp_path, small_vocab_model_dir, chat8, save_steps=1, **RUN)
     out = tmp_path / "out"
     assert main(["train", str(config)]) == 2
     errors = capsys.readouterr().err
@@ -176,16 +183,17 @@ def test_a_full_disk_at_checkpoint_2_keeps_checkpoint_1_and_removes_the_partial_
     assert stated_bytes(match[1]) == pytest.approx(size_of(good), rel=0.01)  # as big as checkpoint-1
     names = sorted(path.name for path in out.iterdir())
     assert "checkpoint-1" in names and "checkpoint-2" not in names, names
-    assert not [name for name in names if name.startswith(".")], names  # no staging folder left
+    # No staging folder left (the run's lock file stays).
+    assert not [name for name in names if name.startswith(".") and name != ".ftk-run.lock"], names
     assert "adapter_model.safetensors" not in names  # the run stopped: no final model
     monkeypatch.undo()
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(small_vocab_model_dir)
     PeftModel.from_pretrained(base, good)  # checkpoint-1 is whole
 
 
 @pytest.mark.slow
 def test_a_full_disk_during_the_final_save_leaves_no_half_written_model(
-    tmp_path, chat8, tiny_model_dir, capsys, monkeypatch
+    tmp_path, chat8, small_vocab_model_dir, capsys, monkeypatch
 ):
     import peft.peft_model
     from safetensors import SafetensorError
@@ -199,7 +207,7 @@ def test_a_full_disk_during_the_final_save_leaves_no_half_written_model(
         return real_save_file(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(peft.peft_model, "safe_save_file", save_file)
-    config = write_config(tmp_path, tiny_model_dir, chat8, save_steps=2, **RUN)
+    config = write_config(tmp_path, small_vocab_model_dir, chat8, save_steps=2, **RUN)
     out = tmp_path / "out"
     assert main(["train", str(config)]) == 2
     errors = capsys.readouterr().err
@@ -212,5 +220,5 @@ def test_a_full_disk_during_the_final_save_leaves_no_half_written_model(
     assert f"the last good checkpoint is {out / 'checkpoint-4'}" in lines[0]
     names = sorted(path.name for path in out.iterdir())
     assert "adapter_model.safetensors" not in names and "adapter_config.json" not in names, names
-    assert not [name for name in names if name.startswith(".")], names
+    assert not [name for name in names if name.startswith(".") and name != ".ftk-run.lock"], names
     assert {"checkpoint-2", "checkpoint-4"} <= set(names)

@@ -1,4 +1,8 @@
-"""Eval during training (token-mean loss, perplexity, best checkpoint) and the experiment trackers."""
+"""Eval during training (token-mean loss, perplexity, best checkpoint) and the experiment trackers.
+
+The training runs use the small-vocabulary tiny model (``small_vocab_model_dir``): nothing checked
+here depends on the vocabulary, and each run is faster on it.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +38,10 @@ BASE = dict(
 
 
 def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint(
-    tmp_path, tiny_model_dir, chat24
+    tmp_path, small_vocab_model_dir, chat24
 ):
     checkpoints = {"eval_steps": 2, "save_steps": 2, "save_total_limit": 1}
-    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, chat24, **BASE, **checkpoints))
+    cfg, manager = load_config(write_config(tmp_path, small_vocab_model_dir, chat24, **BASE, **checkpoints))
     result = run_training(cfg, manager)
     out = tmp_path / "out"
     entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -59,11 +63,11 @@ def test_eval_logs_token_mean_loss_and_perplexity_and_tracks_the_best_checkpoint
     assert not list(out.glob(".incomplete-*"))
 
 
-def test_tensorboard_receives_the_training_loss(tmp_path, tiny_model_dir, chat24):
+def test_tensorboard_receives_the_training_loss(tmp_path, small_vocab_model_dir, chat24):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg, manager = load_config(
-        write_config(tmp_path, tiny_model_dir, chat24, **BASE, report_to=["tensorboard"])
+        write_config(tmp_path, small_vocab_model_dir, chat24, **BASE, report_to=["tensorboard"])
     )
     run_training(cfg, manager)
     out = tmp_path / "out"
@@ -77,13 +81,13 @@ def test_tensorboard_receives_the_training_loss(tmp_path, tiny_model_dir, chat24
     assert [event.value for event in scalars] == pytest.approx(losses, rel=1e-6)
 
 
-def test_wandb_offline_writes_a_local_run(tmp_path, tiny_model_dir, chat24, monkeypatch):
+def test_wandb_offline_writes_a_local_run(tmp_path, small_vocab_model_dir, chat24, monkeypatch):
     pytest.importorskip("wandb")
     for variable in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_MODE", "WANDB_DIR"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     wandb = {"wandb_project": "ftk-test", "wandb_mode": "offline", "wandb_name": "tiny-run"}
-    cfg, manager = load_config(write_config(tmp_path, tiny_model_dir, chat24, **BASE, **wandb))
+    cfg, manager = load_config(write_config(tmp_path, small_vocab_model_dir, chat24, **BASE, **wandb))
     run_training(cfg, manager)
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

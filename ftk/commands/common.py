@@ -15,6 +15,19 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """``--import``: import the code the config names (``plugins:``, ``type: pkg.module.function``) to check it."""
+    parser.add_argument(
+        "--import",
+        dest="import_code",
+        action="store_true",
+        help=(
+            "also import the modules the config names (plugins:, type: pkg.module.function) and check "
+            "what they register; this runs their code, as ftk train does (docs/security.md)"
+        ),
+    )
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     value = int(text)

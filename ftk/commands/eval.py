@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ftk.commands.common import add_config_argument, positive_int
 from ftk.commands.inference import load_inference_model, model_kind, place
+from ftk.core import run_dir
 from ftk.core.config.schema import FtkConfig
 from ftk.core.data.pipeline import prepare_data
 from ftk.core.errors import FtkError
@@ -67,6 +68,9 @@ def run_eval(
     model = load_inference_model(cfg, hooks, tokenizer, directory, label)
     device = place(model)
     what = "base model" if directory is None else f"{model_kind(directory, label)} {directory}"
+    trained_by = run_dir.origin(directory) if directory is not None else None
+    if trained_by is not None:
+        what += f", trained by {trained_by}"
     console.print(
         f"eval: {len(data.eval):,} rows{', packed' if cfg.packs_eval else ''}; {what}; device {device}",
         markup=False,

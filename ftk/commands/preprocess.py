@@ -92,7 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--debug-text-only", action="store_true", help="with --debug: decoded text, trained spans highlighted"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
-    parser.add_argument("--no-cache", action="store_true", help="tokenize again even if cached")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="tokenize again even if cached; the new cache entry replaces the old one",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

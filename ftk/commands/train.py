@@ -29,7 +29,7 @@ from rich.console import Console
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from ftk.commands.common import add_config_argument
-from ftk.core import checkpoints
+from ftk.core import checkpoints, run_dir
 from ftk.core.config.loader import dump_config
 from ftk.core.config.paths import checkpoint_problem
 from ftk.core.config.schema import FtkConfig
@@ -53,7 +53,7 @@ from ftk.core.registry import Registry
 from ftk.core.trainer import FtkTrainer
 from ftk.integrations.glibc_malloc import large_allocations_from_the_heap
 
-RESOLVED_CONFIG_NAME = "ftk_config.yaml"
+RESOLVED_CONFIG_NAME = run_dir.RESOLVED_CONFIG_NAME
 
 
 @dataclass
@@ -155,23 +155,40 @@ def write_resolved_config(cfg: FtkConfig, output_dir: Path) -> Path:
 def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | None = None) -> TrainResult:
     """Fine-tune as ``cfg`` says and save the adapter (or full weights) and tokenizer to ``output_dir``.
 
-    A run whose checkpoint is already at its last step only says so.  A full disk, while saving or
+    The main process holds ``output_dir``'s lock for the whole run (a second run on it stops at
+    once) and, under it, refuses a folder of someone else's files (``ftk.core.run_dir``).  A run
+    whose checkpoint is already at its last step only says so.  A full disk, while saving or
     writing anything else, is an error naming the size needed; the last good checkpoint stays.
     """
     console = console or Console(stderr=True)
     if rank() != 0:  # one process speaks for the run
         console = Console(quiet=True)
         quiet_libraries()
+    with run_dir.hold(cfg.output_dir, primary=rank() == 0) as held:
+        return _train_in(cfg, manager, console, held)
+
+
+def _train_in(
+    cfg: FtkConfig, manager: FtkPluginManager, console: Console, held: run_dir.HeldRunDir
+) -> TrainResult:
+    """:func:`run_training` once ``output_dir`` is held: resume or start, data, marker, model, train."""
     output_dir = Path(cfg.output_dir)
-    resume_from = checkpoint_to_resume(cfg, console)
+    if held.locked:  # again, now that no other run can write here
+        problem = run_dir.ownership_problem(cfg)
+        if problem is not None:
+            raise FtkError(f"output_dir: {problem}")
+    earlier = run_dir.read_run(output_dir)
+    resume_from = checkpoint_to_resume(cfg, console, clean=held.locked)
     if resume_from is not None:
         finished = checkpoints.finished_message(resume_from, cfg.max_steps, cfg.num_epochs)
         if finished is not None:  # nothing to train: touch nothing
             console.print(finished, markup=False, highlight=False, soft_wrap=True)
             step = int(checkpoints.trainer_state(resume_from).get("global_step") or 0)
             return TrainResult(output_dir, step, None, None, None, None, "already finished", resume_from)
-        if cfg.auto_resume:
-            console.print(f"auto_resume: resuming from {resume_from}", markup=False, highlight=False)
+    start = start_message(cfg, earlier, resume_from)
+    if start is not None:
+        console.print(start, markup=False, highlight=False, soft_wrap=True)
+    lineage = checkpoints.Lineage.starting(resume_from)
     hooks = manager.hooks
     registry = manager.collect_registrations()
     set_seed(cfg.seed)
@@ -190,6 +207,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         highlight=False,
         soft_wrap=True,
     )
+    held.mark(cfg, lineage, resume_from)  # from here on the run writes into output_dir
     model = load_model(cfg, hooks, registry, tokenizer, new_token_ids)
 
     callbacks = [*hooks.trainer_callbacks(cfg), *tracker_callbacks(cfg, registry)]
@@ -204,6 +222,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
         cfg=cfg,
         hooks=hooks,
         registry=registry,
+        lineage=lineage,
     )
     trainer.remove_callback(PrinterCallback)
     hooks.pre_train(cfg, trainer, trainer.model, data)
@@ -221,6 +240,7 @@ def run_training(cfg: FtkConfig, manager: FtkPluginManager, console: Console | N
             None,
             free_space(output_dir),
             f"the run stopped at step {trainer.state.global_step}",
+            lineage,
         )
         raise DiskFullError(message) from exc
 
@@ -246,7 +266,7 @@ def train_and_save(
 
     guard = trainer.guard
     if guard.divergence is not None:
-        last_good = checkpoints.latest_checkpoint(output_dir)
+        last_good = checkpoints.latest_checkpoint(output_dir, trainer.lineage) or resume_from
         status = f"diverged at step {guard.divergence.step}"
         finish_reports(cfg, hooks, trainer, status)
         raise TrainingFailed(divergence_message(guard.divergence.describe(), last_good))
@@ -304,33 +324,56 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
-def checkpoint_to_resume(cfg: FtkConfig, console: Console) -> Path | None:
-    """The checkpoint to continue from (``resume_from_checkpoint`` or, with ``auto_resume``, the latest).
+def checkpoint_to_resume(cfg: FtkConfig, console: Console, clean: bool = True) -> Path | None:
+    """The checkpoint to continue from: ``resume_from_checkpoint`` or, with ``auto_resume``, the latest.
 
-    Also clears what an interrupted save left in ``output_dir``.
+    The latest is that of the last run started in ``output_dir`` (its marker's lineage), else the
+    highest step there.  Each of its files must load safely (``checkpoints.invalid_file``).  With
+    ``clean`` (the main process) it also clears what an interrupted save left in ``output_dir``.
     """
-    for leftover in checkpoints.remove_incomplete(cfg.output_dir):
-        console.print(f"removed what an interrupted save left: {leftover}", markup=False, highlight=False)
+    if clean:
+        for leftover in checkpoints.remove_incomplete(cfg.output_dir):
+            console.print(f"removed what an interrupted save left: {leftover}", markup=False, highlight=False)
     if cfg.resume_from_checkpoint:
         problem = checkpoint_problem(
             cfg.resume_from_checkpoint
         )  # checked by prepare(); run_training may run without it
         if problem is not None:
             raise FtkError(f"resume_from_checkpoint: {problem}")
-        return Path(cfg.resume_from_checkpoint).expanduser()
+        return Path(cfg.resume_from_checkpoint)
     if not cfg.auto_resume:
-        if checkpoints.latest_checkpoint(cfg.output_dir) is not None:
-            console.print(
-                f"note: {cfg.output_dir} holds checkpoints of an earlier run; starting afresh "
-                "(auto_resume: true continues from the latest)",
-                markup=False,
-                highlight=False,
-            )
         return None
-    latest = checkpoints.latest_checkpoint(cfg.output_dir)
-    if latest is None:
-        console.print(f"auto_resume: no checkpoint in {cfg.output_dir}; starting afresh", markup=False)
+    last_run = run_dir.last_lineage(cfg.output_dir)
+    latest = (
+        checkpoints.latest_checkpoint(cfg.output_dir, last_run) if last_run is not None else None
+    ) or checkpoints.latest_checkpoint(cfg.output_dir)
+    if latest is not None and (problem := checkpoints.invalid_file(latest)) is not None:
+        raise FtkError(f"auto_resume: {problem}")
     return latest
+
+
+def start_message(cfg: FtkConfig, earlier: run_dir.RunInfo | None, resume_from: Path | None) -> str | None:
+    """The line saying what this run does with ``output_dir``: resume a run, start one beside an earlier one."""
+    output_dir = Path(cfg.output_dir)
+    if resume_from is not None:
+        origin = run_dir.origin(resume_from)
+        key = "resume_from_checkpoint" if cfg.resume_from_checkpoint else "auto_resume"
+        return f"{key}: resuming from {resume_from}" + (f" ({origin})" if origin else "")
+    if earlier is not None:
+        hint = "; auto_resume: true continues it" if checkpoints.latest_checkpoint(output_dir) else ""
+        lead = "auto_resume: no checkpoint to resume; " if cfg.auto_resume else "note: "
+        return (
+            f"{lead}{output_dir} holds {earlier.describe()}; this run starts a new run in it: files of "
+            f"the same name (the model, checkpoints of the same step) are replaced{hint}"
+        )
+    if cfg.auto_resume:
+        return f"auto_resume: no checkpoint in {output_dir}; starting afresh"
+    if cfg.overwrite_output_dir and run_dir.foreign_entries(output_dir):
+        return (
+            f"note: {output_dir} holds files ftk did not write; training into it (overwrite_output_dir: "
+            "true): files of the same name are replaced"
+        )
+    return None
 
 
 def divergence_message(what: str, last_good: Path | None) -> str:
@@ -376,6 +419,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_argument(parser)
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an output_dir that holds files ftk did not write (overwrite_output_dir: true)",
+    )
+    parser.add_argument(
         "--nproc-per-node",
         type=int,
         default=1,
@@ -388,15 +436,20 @@ def run(args: argparse.Namespace) -> int:
     """Train; a stop by signal ends with 0 (the summary says where the checkpoint is)."""
     if args.nproc_per_node < 1:
         raise FtkError(f"--nproc-per-node: must be at least 1, not {args.nproc_per_node}")
+    overrides = list(args.overrides)
+    if getattr(args, "overwrite", False):
+        overrides += ["--overwrite_output_dir", "true"]
     if args.nproc_per_node > 1:
         if world_size() > 1:
             raise FtkError("--nproc-per-node: this process was already started by a distributed launcher")
         # The whole check of a run, here, as rank 0 will make it: a config or machine problem is one
         # line from this process, not one per process and a launcher traceback.
         with as_rank_zero_of(args.nproc_per_node):
-            prepare(args.config, args.overrides, purpose="train", manager=args.manager)
+            prepared = prepare(args.config, overrides, purpose="train", manager=args.manager)
+        with run_dir.hold(prepared.cfg.output_dir):  # a run already there: one line (rank 0 locks it again)
+            pass
         return launch(args.nproc_per_node, without_nproc(args.argv))
-    prepared = prepare(args.config, args.overrides, purpose="train", manager=args.manager)
+    prepared = prepare(args.config, overrides, purpose="train", manager=args.manager)
     run_training(prepared.cfg, prepared.manager)  # progress and the summary go to stderr
     return 0
 
@@ -416,9 +469,15 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def launcher_command(nproc_per_node: int, ftk_args: Sequence[str]) -> list[str]:
-    """The command that runs ``ftk <ftk_args>`` in ``nproc_per_node`` processes."""
+    """The command that runs ``ftk <ftk_args>`` in ``nproc_per_node`` processes.
+
+    ``python -m`` would put the working directory first on ``sys.path``, so a ``torch.py`` or
+    ``ftk/`` there would be imported instead of the real one: ``-P`` (Python 3.11+) leaves it out,
+    and the launcher passes that on to the processes it starts (``PYTHONSAFEPATH``).
+    """
     return [
         sys.executable,
+        *(["-P"] if sys.version_info >= (3, 11) else []),
         "-m",
         "ftk.core.launch",  # torch.distributed.run, reporting a failed process by its exit code
         "--standalone",

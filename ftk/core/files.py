@@ -75,12 +75,24 @@ def fsync_tree(path: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def follow_umask_tree(root: Path) -> None:
+    """:func:`follow_umask` for every file and folder under ``root``: libraries write some private
+    (safetensors creates its file 0600 and renames it into place)."""
+    follow_umask(root, directory=True)
+    for folder, folders, files in os.walk(root):
+        for name in [*folders, *files]:
+            path = Path(folder) / name
+            if not path.is_symlink():  # a link's mode is its target's, which may be anywhere
+                follow_umask(path, directory=name in folders)
+
+
 def publish_directory(staged: Path, final: Path) -> None:
     """Move the complete folder ``staged`` to ``final``, replacing what is there.
 
     A folder already at ``final`` is moved aside first and deleted only once ``staged`` is in
-    place; if that rename fails, it is put back.
+    place; if that rename fails, it is put back.  What ``staged`` holds follows the umask.
     """
+    follow_umask_tree(staged)
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()
     if not final.exists():
@@ -101,8 +113,9 @@ def publish_files(staged: Path, final: Path) -> None:
     """Move every entry of the complete folder ``staged`` into the folder ``final``, then remove ``staged``.
 
     Each file is replaced in one rename (a reader sees the old file or the new one, never half of
-    one); a folder is replaced by :func:`publish_directory`.
+    one); a folder is replaced by :func:`publish_directory`.  What ``staged`` holds follows the umask.
     """
+    follow_umask_tree(staged)
     final.mkdir(parents=True, exist_ok=True)
     for entry in sorted(staged.iterdir()):
         if entry.is_dir() and not entry.is_symlink():

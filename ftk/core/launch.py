@@ -120,6 +120,8 @@ def run_launcher(argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    if getattr(sys.flags, "safe_path", False):  # python -P: so do the processes (python -m ftk.cli)
+        os.environ["PYTHONSAFEPATH"] = "1"  # the working directory stays off their sys.path
     if "LOGLEVEL" not in os.environ:  # torchrun's loggers take their level from it
         for name in list(logging.root.manager.loggerDict):
             if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):

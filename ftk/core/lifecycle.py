@@ -10,7 +10,7 @@ in a second, before anything is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +40,10 @@ class Prepared:
     cfg: FtkConfig
     manager: FtkPluginManager
     machine_problem: str | None = None
+    #: What was left unchecked because the config's code was not run (``run_config_code=False``).
+    notes: list[str] = field(default_factory=list)
+    #: The top-level keys set aside unchecked: only the config's plugins, not imported, could define them.
+    unchecked: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hooks(self) -> Hooks:
@@ -58,14 +62,17 @@ def prepare(
     purpose: Purpose = "train",
     manager: FtkPluginManager | None = None,
     machine_problems_are_errors: bool = True,
+    run_config_code: bool = True,
 ) -> Prepared:
     """Validate ``config`` with its plugins, check its paths and this machine for ``purpose``.
 
     A machine problem is an FtkError, unless ``machine_problems_are_errors`` is false (``ftk
     validate`` reports it as a note and still succeeds).  A path that cannot work is always an
-    error.
+    error.  ``run_config_code=False`` (``ftk validate`` without ``--import``) checks the code the
+    config names (``plugins:``, ``type: pkg.module.function``) without importing it; what that
+    leaves unchecked is in ``Prepared.notes``.
     """
-    cfg, manager, source = read_config(config, overrides, manager=manager)
+    cfg, manager, source = read_config(config, overrides, manager=manager, run_config_code=run_config_code)
     config_dir = source.path.parent
     paths = ConfigErrors(source)
     for loc, message in path_problems(cfg, config_dir, purpose):
@@ -81,4 +88,4 @@ def prepare(
         lines += str(exc).splitlines()
     if lines and machine_problems_are_errors:
         raise FtkError("\n".join(lines))
-    return Prepared(cfg, manager, "\n".join(lines) if lines else None)
+    return Prepared(cfg, manager, "\n".join(lines) if lines else None, source.notes, source.unchecked)

@@ -41,7 +41,7 @@ def bf16_problem() -> str | None:
 
 def hub_problem(key: str, value: str, config_dir: Path) -> str | None:
     """Why the Hub id ``value`` cannot be loaded while the Hub is offline (not in the cache), or None."""
-    if Path(value).expanduser().exists() or looks_like_path(value, config_dir) or not is_hub_id(value):
+    if Path(value).exists() or looks_like_path(value, config_dir) or not is_hub_id(value):
         return None  # a local path (ftk.core.config.paths checks it) or a URL for a plugin's loader
     from huggingface_hub import constants, try_to_load_from_cache
 

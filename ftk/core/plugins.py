@@ -2,7 +2,10 @@
 
 Plugins load in a fixed order: the built-ins (``ftk/plugins/``), then installed distributions'
 entry points in the group ``ftk.plugins``, then the modules named in the config's ``plugins:``
-list.  Environment variables:
+list.  Built-ins and entry points are installed code; the modules a config names run only for the
+commands that run the config (``train``, ``preprocess``...): ``ftk validate`` and ``ftk plugins
+CONFIG`` check them from their source without importing them (``check_config_plugins``), unless
+given ``--import``.  Environment variables:
 
 * ``FTK_LOAD_PLUGINS=a,b``: load only these entry-point plugins (empty: none of them);
 * ``FTK_DISABLE_PLUGINS=a,b``: never load these plugins, whatever their source;
@@ -28,6 +31,7 @@ from ftk.core import hookspecs
 from ftk.core.errors import FtkError
 from ftk.core.hooks import Hooks
 from ftk.core.registry import REGISTRATION_HOOKS, Registry
+from ftk.core.static_modules import ModuleNotFound, find_module
 
 ENTRY_POINT_GROUP = "ftk.plugins"
 
@@ -58,7 +62,7 @@ class PluginInfo:
     """Where a loaded plugin came from and what it implements, for ``ftk plugins``."""
 
     name: str
-    source: str  # "built-in", "entry point", or "config"
+    source: str  # "built-in", "entry point", "config", or "config, not imported"
     module: str
     version: str
     hooks: list[str] = field(default_factory=list)
@@ -96,6 +100,8 @@ class FtkPluginManager:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        #: Config plugins checked from their source but not imported (``check_config_plugins``).
+        self.unimported: dict[str, PluginInfo] = {}
         self.registry = Registry()
         self.hooks = Hooks(self.pm.hook)
         self._registered_hooks_done = False
@@ -165,6 +171,38 @@ class FtkPluginManager:
             version = str(getattr(module, "__version__", "unknown"))
             self._register(module, module_path, "config", version)
         self._registered_hooks_done = False
+
+    def check_config_plugins(self, modules: Iterable[str]) -> None:
+        """Check the modules a config names in ``plugins:`` from their source, without importing them.
+
+        A module that is missing or would certainly fail to import is a ``PluginImportError``
+        worded as ``load_config_plugins`` words it; the others are listed in ``unimported`` with
+        the hooks their source shows.  They register nothing: what they would add is unknown.
+        """
+        specs = {name for name in vars(self.pm.hook) if not name.startswith("_")}
+        for module_path in modules:
+            if self._blocked(module_path) or module_path in self.infos or module_path in self.unimported:
+                continue
+            what = f"plugin {module_path!r} (config, module {module_path!r})"
+            try:
+                view = find_module(module_path)
+            except ModuleNotFound as exc:
+                detail = _describe_exception(ModuleNotFoundError(str(exc), name=exc.name), module_path)
+                raise PluginImportError(f"{what} failed to import: {detail}") from None
+            problem = view.import_problem()
+            if problem is not None:
+                raise PluginImportError(f"{what} would fail to import: {problem}")
+            names, _ = view.bindings()
+            hooks = sorted(
+                name
+                for name, binding in names.items()
+                if name in specs and binding.kind == "function" and binding.decorators
+            )
+            version = names.get("__version__")
+            shown = str(version.value) if version is not None and version.has_value else "unknown"
+            self.unimported[module_path] = PluginInfo(
+                module_path, "config, not imported", module_path, shown, hooks
+            )
 
     # --- registration hooks ------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ second ``train()`` builds a new one).  :class:`StagedCheckpointTrainer` does the
 
 Checkpoints: Trainer writes ``checkpoint-N`` into ``.incomplete-checkpoint-N/`` (what
 ``_get_output_dir`` returns while a save runs); once every process has written its part, the
-main process writes the trainer state, renames the folder into place and rotates old ones.  A
-save that fails removes its staging folder; one that fails for want of disk space becomes a
+main process writes the trainer state and ftk's marker (the run's lineage), renames the folder
+into place and rotates this lineage's old ones (``ftk.core.checkpoints.rotate``; Trainer's own
+rotation, which deletes any ``checkpoint-*`` folder, is never given a limit).  A save that fails
+removes its staging folder; one that fails for want of disk space becomes a
 :class:`~ftk.core.files.DiskFullError` saying how much it needs.  The final model is staged the
 same way (:meth:`StagedCheckpointTrainer.save_model_staged`).
 """
@@ -24,13 +26,12 @@ from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
 
 from ftk.core import checkpoints
 from ftk.core.files import DiskFullError, free_space, is_disk_full, publish_files, tree_size
 
 #: The staging folder of the final model, beside the checkpoints (the next run removes a leftover).
-FINAL_STAGING_NAME = f"{checkpoints.STAGING_PREFIX}final"
+FINAL_STAGING_NAME = checkpoints.FINAL_STAGING_NAME
 #: Name starts of the files a tokenizer saves (its vocabulary, merges, template, settings).
 TOKENIZER_FILES = (
     "tokenizer",
@@ -62,13 +63,31 @@ def tensor_bytes(tensors: Any) -> int:
 
 
 class StagedCheckpointTrainer(Trainer):
-    """A Trainer that keeps each step's gradient norm and publishes checkpoints by one rename."""
+    """A Trainer that keeps each step's gradient norm and publishes checkpoints by one rename.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``lineage`` names the run in each checkpoint's marker (default: a new run of its own);
+    ``checkpoint_limit`` (default: the arguments' ``save_total_limit``, which is then cleared so
+    that Trainer never rotates) applies to that lineage's checkpoints only.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lineage: checkpoints.Lineage | None = None,
+        checkpoint_limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         #: The gradient norm of the last optimizer step (a tensor, or a float under DeepSpeed).
         self.last_grad_norm: Any = None
         self._checkpoint_staging: str | None = None
+        #: The run whose checkpoints this trainer saves and rotates.
+        self.lineage = lineage or checkpoints.Lineage.starting()
+        self.checkpoint_limit = checkpoint_limit or self.args.save_total_limit
+        # Trainer's own rotation deletes every checkpoint-* folder, this run's or not: take it over.
+        self.args.save_total_limit = None
+        #: The checkpoint saved last by this trainer (None before the first save).
+        self.last_checkpoint: Path | None = None
 
     def before_checkpoint(self) -> None:
         """Called on every process before a checkpoint is written (to bring the state up to date)."""
@@ -101,7 +120,7 @@ class StagedCheckpointTrainer(Trainer):
 
     def _checkpoint_bytes(self, run_dir: Path, written: int) -> int:
         """A checkpoint's size: the last one's, else an estimate from the state (at least what was written)."""
-        previous = checkpoints.latest_checkpoint(run_dir)
+        previous = checkpoints.latest_checkpoint(run_dir, self.lineage)
         return max(written, tree_size(previous) if previous is not None else self.save_bytes(checkpoint=True))
 
     def mark_scheduler_created(self) -> None:
@@ -149,12 +168,11 @@ class StagedCheckpointTrainer(Trainer):
             torch.distributed.barrier()
         if self.args.should_save:
             self.state.save_to_json(str(staging / name / checkpoints.TRAINER_STATE_FILE))
+            checkpoints.write_marker(staging / name, self.lineage, step)
             checkpoints.publish(staging / name, run_dir / name)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
+            self.last_checkpoint = run_dir / name
+            checkpoints.rotate(
+                run_dir, self.lineage, self.checkpoint_limit, run_dir / name, self.state.best_model_checkpoint
             )
         if distributed:
             torch.distributed.barrier()
@@ -210,5 +228,7 @@ class StagedCheckpointTrainer(Trainer):
         if not (is_disk_full(exc) or (free is not None and free < needed)):
             return None
         return DiskFullError(
-            checkpoints.disk_full_message(directory, what, needed, free_space(directory), cleanup)
+            checkpoints.disk_full_message(
+                directory, what, needed, free_space(directory), cleanup, self.lineage
+            )
         )

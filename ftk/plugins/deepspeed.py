@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import RootModel, field_validator
 from pydantic_core import PydanticCustomError
 
-from ftk.core.config.schema import FtkConfig
+from ftk.core.config.schema import FtkConfig, PathStr
 from ftk.core.errors import FtkError, raise_problems, say
 from ftk.core.hookspecs import hookimpl
 from ftk.core.launch import one_process_note, world_size
@@ -40,7 +40,7 @@ QUANTIZED_LOAD_KEYS = ("load_in_4bit", "load_in_8bit")
 Problem = tuple[tuple[str | int, ...], str]
 
 
-class DeepSpeedSetting(RootModel[str]):
+class DeepSpeedSetting(RootModel[PathStr]):
     """Top-level ``deepspeed``: a ZeRO preset name or the path of a DeepSpeed JSON config."""
 
     @field_validator("root")

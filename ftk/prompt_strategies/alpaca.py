@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
+from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel, TemplateTextOrPath
 from ftk.core.lm import IGNORE_INDEX
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
@@ -70,7 +70,7 @@ class AlpacaOptions(StrictModel):
     chat_template: str | None = Field(
         None, description="With prompt_style chat_template: overrides the top-level chat_template."
     )
-    chat_template_jinja: str | None = Field(
+    chat_template_jinja: TemplateTextOrPath | None = Field(
         None, description="With prompt_style chat_template: overrides the top-level template text."
     )
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from jinja2 import TemplateError
 from pydantic import Field, field_validator
 
-from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel
+from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel, TemplateTextOrPath
 from ftk.core.errors import FtkError, RowError
 from ftk.core.lm import IGNORE_INDEX
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
@@ -31,7 +31,7 @@ from ftk.prompt_strategies.chat_rows import (
     known_roles_to_train,
     read_tools,
 )
-from ftk.prompt_strategies.templates import known_template_name, resolve_chat_template
+from ftk.prompt_strategies.templates import builtin_end_of_turn, known_template_name, resolve_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -92,7 +92,9 @@ class ChatTemplateOptions(StrictModel):
         False, description="Remove system messages (default_system_message, if set, is then used)."
     )
     chat_template: str | None = Field(None, description="Overrides the top-level chat_template.")
-    chat_template_jinja: str | None = Field(None, description="Overrides the top-level template text.")
+    chat_template_jinja: TemplateTextOrPath | None = Field(
+        None, description="Overrides the top-level template text."
+    )
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra template variables, e.g. {enable_thinking: false}."
     )
@@ -134,8 +136,9 @@ class ChatTemplateTokenizer:
         self.options = options
         self.tokenizer = tokenizer
         self.train_on_inputs = cfg.train_on_inputs
+        self.template_name = options.chat_template or cfg.chat_template
         self.template = resolve_chat_template(
-            options.chat_template or cfg.chat_template,
+            self.template_name,
             options.chat_template_jinja or cfg.chat_template_jinja,
             tokenizer,
         )
@@ -180,6 +183,13 @@ class ChatTemplateTokenizer:
         ids = set()
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
+        # A built-in whose replies end with several control tokens names its end of turn (Command A:
+        # <|END_RESPONSE|><|END_OF_TURN_TOKEN|>); the probe would take the first of them.
+        named = builtin_end_of_turn(self.template_name, self.tokenizer)
+        named_ids = self.tokenizer.encode(named, add_special_tokens=False) if named else []
+        if len(named_ids) == 1:
+            ids.add(named_ids[0])
+            return {self._token_text(token_id): token_id for token_id in sorted(ids)}
         for probe in (_PROBE, _PROBE[:2]):
             try:
                 rendered, spans = render_tracked(self.template, probe, **self.render_kwargs)

@@ -1,180 +1,40 @@
-"""Chat templates that ship with ftk, and the choice between them and the tokenizer's own.
+"""The choice between ftk's built-in chat templates and the tokenizer's own.
 
-Each built-in reproduces the turn format of a model family (``chat_template: <name>``), written
-here so that the same names work with any tokenizer that has the family's control tokens:
-
-``chatml``
-    ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; any roles.
-``llama3``
-    ``<|begin_of_text|>`` (the bos token), then
-    ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content, trimmed}<|eot_id|>`` per message.
-``qwen3``
-    ChatML plus Qwen3's additions: tool definitions in the system turn (``<tools>`` JSON lines),
-    assistant tool calls as ``<tool_call>`` JSON blocks, tool results grouped into one user turn
-    of ``<tool_response>`` blocks, and reasoning as a ``<think>`` block on the assistant turns
-    after the last user message (the final assistant turn always gets one, possibly empty).
-    ``enable_thinking=false`` (a ``chat_template_kwargs`` key) makes the generation prompt an
-    empty ``<think>`` block.
-``mistral``
-    ``{bos}[INST]{user}[/INST]{assistant}{eos}`` (the Tekken-tokenizer layout, no spaces around the
-    instruction markers); the system message is put in front of the first user message, separated
-    by a blank line; user and assistant must alternate.
-``gemma``
-    ``{bos}<start_of_turn>{user|model}\\n{content, trimmed}<end_of_turn>\\n``; Gemma has no system
-    role, so the system message is put in front of the first user message, separated by a blank
-    line; user and assistant must alternate.
-
-With ``add_generation_prompt`` each ends with the header of an assistant turn (for ``mistral``
-there is nothing to add: the prompt already ends with ``[/INST]``).
+``chat_template`` is ``tokenizer_default`` (or unset: the tokenizer's template), ``jinja`` (the
+text or file in ``chat_template_jinja``), a built-in name (the table is in
+``ftk.prompt_strategies.template_table``, one module per family group), or
+``tokenizer_default_fallback_<built-in name>``: the tokenizer's template when it has one, else that
+built-in (as axolotl accepts it).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic_core import PydanticCustomError
 
 from ftk.core.errors import FtkError, suggest
+from ftk.prompt_strategies.template_table import BUILTIN_TEMPLATES, END_OF_TURN
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-CHATML = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "FALLBACK_PREFIX",
+    "TEMPLATE_CHOICES",
+    "builtin_end_of_turn",
+    "known_template_name",
+    "resolve_chat_template",
+    "template_name_problem",
+]
 
-LLAMA3 = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
-    "{{- message['content'] | trim -}}"
-    "{{- '<|eot_id|>' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
-)
+logger = logging.getLogger(__name__)
 
-# Qwen3's wording for the tool section of the system turn (the model was trained on it).
-_QWEN3_TOOLS_INTRO = (
-    "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>"
-)
-_QWEN3_TOOLS_OUTRO = (
-    "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call>'
-)
-
-QWEN3 = (
-    # The system turn: the system message, then the tool definitions when there are tools.
-    "{%- set first_is_system = messages and messages[0]['role'] == 'system' -%}"
-    "{%- if tools -%}"
-    "{{- '<|im_start|>system\\n' -}}"
-    "{%- if first_is_system -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
-    "{{- '" + _QWEN3_TOOLS_INTRO + "' -}}"
-    "{%- for tool in tools -%}{{- '\\n' -}}{{- tool | tojson -}}{%- endfor -%}"
-    "{{- '" + _QWEN3_TOOLS_OUTRO + "<|im_end|>\\n' -}}"
-    "{%- elif first_is_system -%}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    # Reasoning is shown only on the assistant turns after the last user message (none without one).
-    "{%- set state = namespace(last_user=messages | length - 1) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{%- set state.last_user = loop.index0 -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for message in messages -%}"
-    "{%- set content = message['content'] if message['content'] is string else '' -%}"
-    "{%- if message['role'] == 'system' and loop.first -%}"
-    "{%- elif message['role'] in ['user', 'system'] -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- set reasoning = '' -%}"
-    "{%- if message['reasoning_content'] is string -%}{%- set reasoning = message['reasoning_content'] -%}"
-    "{%- elif '</think>' in content -%}"
-    "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1] -%}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if loop.index0 > state.last_user and (loop.last or reasoning) -%}"
-    "{{- '<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') -}}"
-    "{%- else -%}{{- content -}}{%- endif -%}"
-    "{%- for call in message['tool_calls'] or [] -%}"
-    "{%- set function = call['function'] if call['function'] is defined else call -%}"
-    "{%- if not loop.first or content -%}{{- '\\n' -}}{%- endif -%}"
-    "{{- '<tool_call>\\n{\"name\": \"' + function['name'] + '\", \"arguments\": ' -}}"
-    "{%- if function['arguments'] is string -%}{{- function['arguments'] -}}"
-    "{%- else -%}{{- function['arguments'] | tojson -}}{%- endif -%}"
-    "{{- '}\\n</tool_call>' -}}"
-    "{%- endfor -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- elif message['role'] == 'tool' -%}"
-    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
-    "{{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' -}}"
-    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
-    "{%- else -%}"
-    "{{- raise_exception('qwen3 template: unknown role ' ~ message['role']) -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
-    "{%- endif -%}"
-)
-
-# Shared by the two templates whose system message joins the first user message.
-_SYSTEM_INTO_FIRST_USER = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system_prefix = messages[0]['content'] | trim + '\\n\\n' -%}"
-    "{%- set turns = messages[1:] -%}"
-    "{%- else -%}{%- set system_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
-)
-
-
-def _alternation_check(name: str) -> str:
-    return (
-        "{%- if message['role'] not in ['user', 'assistant'] -%}"
-        f"{{{{- raise_exception('{name} template: only user and assistant turns (and a first system "
-        "message), got ' ~ message['role']) -}}"
-        "{%- elif (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-        f"{{{{- raise_exception('{name} template: user and assistant turns must alternate, starting with "
-        "user') -}}"
-        "{%- endif -%}"
-    )
-
-
-MISTRAL = (
-    "{{- bos_token -}}"
-    + _SYSTEM_INTO_FIRST_USER
-    + "{%- for message in turns -%}"
-    + _alternation_check("mistral")
-    + "{%- if message['role'] == 'user' -%}"
-    "{{- '[INST]' + (system_prefix if loop.first else '') + message['content'] + '[/INST]' -}}"
-    "{%- else -%}{{- message['content'] + eos_token -}}{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-GEMMA = (
-    "{{- bos_token -}}"
-    + _SYSTEM_INTO_FIRST_USER
-    + "{%- for message in turns -%}"
-    + _alternation_check("gemma")
-    + "{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n' -}}"
-    "{{- (system_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}"
-)
-
-BUILTIN_TEMPLATES: dict[str, str] = {
-    "chatml": CHATML,
-    "llama3": LLAMA3,
-    "qwen3": QWEN3,
-    "mistral": MISTRAL,
-    "gemma": GEMMA,
-}
-
+#: ``tokenizer_default_fallback_chatml``: the tokenizer's template, else the built-in ``chatml``.
+FALLBACK_PREFIX = "tokenizer_default_fallback_"
 
 TEMPLATE_CHOICES = ("tokenizer_default", "jinja")
 
@@ -185,10 +45,17 @@ def template_name_problem(name: str | None) -> str | None:
         return None
     if "{%" in name or "{{" in name:
         return "holds template text; set chat_template: jinja and put the text in chat_template_jinja"
-
+    if name.startswith(FALLBACK_PREFIX):
+        fallback = name[len(FALLBACK_PREFIX) :]
+        if fallback in BUILTIN_TEMPLATES:
+            return None
+        return (
+            f"unknown fallback template {fallback!r} in {name!r}{suggest(fallback, list(BUILTIN_TEMPLATES))}; "
+            f"after {FALLBACK_PREFIX} name one of {', '.join(BUILTIN_TEMPLATES)}"
+        )
     return (
         f"unknown template {name!r}{suggest(name, [*TEMPLATE_CHOICES, *BUILTIN_TEMPLATES])}; choose "
-        f"tokenizer_default, jinja or one of {', '.join(sorted(BUILTIN_TEMPLATES))}"
+        f"tokenizer_default, jinja or a built-in: {', '.join(BUILTIN_TEMPLATES)}"
     )
 
 
@@ -200,20 +67,28 @@ def known_template_name(name: str | None) -> str | None:
     return name
 
 
+def _tokenizer_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    return template if isinstance(template, str) else template["default"]
+
+
 def resolve_chat_template(name: str | None, jinja: str | None, tokenizer: PreTrainedTokenizerBase) -> str:
     """The Jinja text for ``chat_template`` (+ ``chat_template_jinja``) with this tokenizer.
 
     ``None`` or ``tokenizer_default`` take the tokenizer's own template; a built-in name takes
-    ours; ``jinja`` takes ``jinja`` as a file path when such a file exists, else as template text.
+    ours; ``jinja`` takes ``jinja`` as a file path when such a file exists, else as template text;
+    ``tokenizer_default_fallback_<name>`` the tokenizer's template, else the built-in ``<name>``.
     """
     if name in (None, "tokenizer_default"):
-        template = getattr(tokenizer, "chat_template", None)
-        if not template:
+        template = _tokenizer_template(tokenizer)
+        if template is None:
             raise FtkError(
                 "chat_template: the tokenizer has no chat template; set chat_template to one of "
-                f"{', '.join(sorted(BUILTIN_TEMPLATES))} or 'jinja'"
+                f"{', '.join(BUILTIN_TEMPLATES)} or 'jinja'"
             )
-        return template if isinstance(template, str) else template["default"]
+        return template
     if name == "jinja":
         if not jinja:
             raise FtkError("chat_template_jinja: required when chat_template is 'jinja'")
@@ -221,4 +96,21 @@ def resolve_chat_template(name: str | None, jinja: str | None, tokenizer: PreTra
         return path.read_text(encoding="utf-8") if "{" not in jinja and path.is_file() else jinja
     if name in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[name]
+    fallback = name[len(FALLBACK_PREFIX) :] if name.startswith(FALLBACK_PREFIX) else None
+    if fallback in BUILTIN_TEMPLATES:
+        template = _tokenizer_template(tokenizer)
+        if template is not None:
+            return template
+        logger.warning("chat_template: the tokenizer has no chat template; using the built-in %s", fallback)
+        return BUILTIN_TEMPLATES[fallback]
     raise FtkError(f"chat_template: {template_name_problem(name)}")
+
+
+def builtin_end_of_turn(name: str | None, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The end-of-turn string of the built-in template ``name`` when it names one (the templates
+    whose replies end with more than one control token) and the template is the one in use."""
+    if name is not None and name.startswith(FALLBACK_PREFIX):
+        if _tokenizer_template(tokenizer) is not None:
+            return None
+        name = name[len(FALLBACK_PREFIX) :]
+    return END_OF_TURN.get(name) if name is not None else None

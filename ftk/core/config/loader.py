@@ -2,6 +2,11 @@
 
 Every problem is reported as ``file:line: key.path: what is wrong (did you mean ...?)``, all of
 them at once, as one ``FtkError``.
+
+``run_config_code=False`` (``ftk validate``, ``ftk plugins CONFIG``) checks the code the config
+names (``plugins:``, a dataset's ``type: pkg.module.function``) from its source without running
+it.  What only that code could tell (the keys and names a config plugin registers, the options a
+strategy function takes) is then not checked: ``source.notes`` says so, key by key.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.config.source import ConfigSource, Loc, apply_overrides, parse_overrides, read_config_file
-from ftk.core.config.strategies import resolve_strategy
+from ftk.core.config.strategies import check_strategy_source, resolve_strategy
 from ftk.core.errors import FtkError, format_loc, suggest
 from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 from ftk.core.registry import Registry, Section
@@ -225,12 +230,32 @@ def _choice_problems(cfg: FtkConfig, registry: Registry) -> list[tuple[Loc, str]
     return problems
 
 
+def _not_run(plugins: list[str]) -> str:
+    """Why something was not checked: the code that would tell was not run (``ftk validate``)."""
+    if plugins:
+        return f"not imported: {', '.join(plugins)}; --import checks it"
+    return "ftk validate runs none of the config's code; --import checks them"
+
+
+def _maybe_registered(message: str, plugins: list[str], what: str = "register") -> str:
+    """``message`` as a note: one of the config's plugins, not imported, may ``what`` the name."""
+    return f"{message}; not checked: one of the config's plugins may {what} it ({_not_run(plugins)})"
+
+
 def _validate_dataset_options(
-    raw_datasets: Any, registry: Registry, errors: ConfigErrors, key: str
+    raw_datasets: Any,
+    registry: Registry,
+    errors: ConfigErrors,
+    key: str,
+    notes: ConfigErrors | None = None,
+    unimported: list[str] | None = None,
 ) -> dict[int, BaseModel]:
     """Check each dataset's strategy-specific keys against that strategy's options model.
 
-    Works on the raw data, so these problems are reported together with the others.
+    Works on the raw data, so these problems are reported together with the others.  With
+    ``notes`` (the config's code is not run), a dotted ``type`` is checked from its source and
+    what only running it could tell goes to ``notes``, as does a name that one of the
+    ``unimported`` plugins may register.
     """
     options_by_index: dict[int, BaseModel] = {}
     if not isinstance(raw_datasets, list):
@@ -240,13 +265,16 @@ def _validate_dataset_options(
         if not isinstance(raw, dict):
             continue
         loc: Loc = (key, index)
-        type_name = raw.get("type", DatasetConfig.model_fields["type"].default)
+        type_name = str(raw.get("type", DatasetConfig.model_fields["type"].default))
+        extras = {key: value for key, value in raw.items() if key not in common}
+        if notes is not None and type_name not in registry.strategies:
+            _check_unimported_strategy(type_name, extras, loc, registry, errors, notes, unimported or [])
+            continue
         try:
-            strategy = resolve_strategy(registry, str(type_name))
+            strategy = resolve_strategy(registry, type_name)
         except FtkError as exc:
             errors.add((*loc, "type"), str(exc))
             continue
-        extras = {key: value for key, value in raw.items() if key not in common}
         if strategy.options_model is None:
             for key in extras:
                 errors.add((*loc, key), f"unknown key for strategy {type_name!r}" + suggest(key, common))
@@ -259,30 +287,104 @@ def _validate_dataset_options(
     return options_by_index
 
 
-def validate_config(source: ConfigSource, manager: FtkPluginManager) -> FtkConfig:
-    """Validate raw config data against the schema, plugin sections and strategy options."""
+def _check_unimported_strategy(
+    type_name: str,
+    extras: dict[str, Any],
+    loc: Loc,
+    registry: Registry,
+    errors: ConfigErrors,
+    notes: ConfigErrors,
+    unimported: list[str],
+) -> None:
+    """A ``type`` that is not a registered name, checked without running any of the config's code."""
+    common = list(DatasetConfig.model_fields)
+    try:
+        if "." not in type_name:
+            resolve_strategy(registry, type_name)  # raises: the name is unknown
+        found = check_strategy_source(registry, type_name)
+    except FtkError as exc:
+        if "." in type_name or not unimported:
+            errors.add((*loc, "type"), str(exc))
+        else:
+            notes.add(
+                (*loc, "type"),
+                _maybe_registered(str(exc), unimported),
+            )
+        return
+    if not extras:
+        return
+    if found.takes_options is False:
+        for key in extras:
+            errors.add((*loc, key), f"unknown key for strategy {type_name!r}" + suggest(key, common))
+        return
+    keys = ", ".join(extras)
+    notes.add((*loc, "type"), f"options {keys} of {type_name} not checked ({_not_run([])})")
+
+
+def _set_aside_plugin_keys(
+    data: dict[str, Any], model: type[BaseModel], notes: ConfigErrors, unimported: list[str]
+) -> dict[str, Any]:
+    """``data`` without the top-level keys that only the ``unimported`` plugins could define (noted)."""
+    known = set(model.model_fields)
+    kept = {}
+    for key, value in data.items():
+        if key in known or key in AXOLOTL_RENAMES:  # an axolotl name stays an error
+            kept[key] = value
+            continue
+        hint = suggest(key, sorted(known))
+        notes.add(
+            (key,),
+            _maybe_registered(f"unknown key{hint}", unimported, "add"),
+        )
+    return kept
+
+
+def validate_config(
+    source: ConfigSource, manager: FtkPluginManager, run_config_code: bool = True
+) -> FtkConfig:
+    """Validate raw config data against the schema, plugin sections and strategy options.
+
+    ``run_config_code=False``: the config's own code is checked from its source (see the module's
+    docstring); what it leaves unchecked is listed in ``source.notes``.
+    """
     registry = manager.collect_registrations()
     model = build_config_model(registry.sections)
     errors = ConfigErrors(source)
+    notes = None if run_config_code else ConfigErrors(source)
+    unimported = list(manager.unimported) if notes is not None else []
+    data = source.data
+    if notes is not None and unimported:
+        data = _set_aside_plugin_keys(data, model, notes, unimported)
     options = {
-        key: _validate_dataset_options(source.data.get(key), registry, errors, key)
+        key: _validate_dataset_options(data.get(key), registry, errors, key, notes, unimported)
         for key in DATASET_LIST_KEYS
     }
-    for loc, message in _numbers_given_as_booleans(source.data, model):
+    for loc, message in _numbers_given_as_booleans(data, model):
         errors.add(loc, message)
     try:
-        cfg = model.model_validate(source.data)
+        cfg = model.model_validate(data)
     except ValidationError as exc:
         errors.add_validation_error(exc, model)
         errors.raise_if_any()
         raise AssertionError("unreachable") from exc
+    choices = _choice_problems(cfg, registry)
+    if notes is not None and unimported:
+        for loc, message in choices:
+            notes.add(
+                loc,
+                _maybe_registered(message, unimported),
+            )
+        choices = []
     for loc, message in [
         *cfg.combination_problems(),
-        *_choice_problems(cfg, registry),
+        *choices,
         *manager.hooks.config_problems(cfg),
     ]:
         errors.add(loc, message)
     errors.raise_if_any()
+    if notes is not None:
+        source.notes = notes.lines()
+        source.unchecked = {key: value for key, value in source.data.items() if key not in data}
     for key in DATASET_LIST_KEYS:
         for index, dataset in enumerate(getattr(cfg, key)):
             dataset._options = options[key].get(index)
@@ -303,9 +405,13 @@ def load_config(
     path: str | Path,
     overrides: list[str] | dict[str, Any] | None = None,
     manager: FtkPluginManager | None = None,
+    run_config_code: bool = True,
 ) -> tuple[FtkConfig, FtkPluginManager]:
-    """Read, override and validate ``path``; load the plugins it names. Returns (config, plugin manager)."""
-    cfg, manager, _ = read_config(path, overrides, manager)
+    """Read, override and validate ``path``; load the plugins it names. Returns (config, plugin manager).
+
+    ``run_config_code=False`` checks the code the config names without running it (module docstring).
+    """
+    cfg, manager, _ = read_config(path, overrides, manager, run_config_code)
     return cfg, manager
 
 
@@ -313,6 +419,7 @@ def read_config(
     path: str | Path,
     overrides: list[str] | dict[str, Any] | None = None,
     manager: FtkPluginManager | None = None,
+    run_config_code: bool = True,
 ) -> tuple[FtkConfig, FtkPluginManager, ConfigSource]:
     """``load_config`` that also returns the source (the line of each key, for later problems)."""
     source = read_config_file(path)
@@ -323,12 +430,13 @@ def read_config(
         raise FtkError(f"{source.where(('plugins',))}: plugins: must be a list of module names")
     if manager is None:
         manager = create_plugin_manager()
+    load = manager.load_config_plugins if run_config_code else manager.check_config_plugins
     for index, plugin in enumerate(plugins):
         try:
-            manager.load_config_plugins([plugin])
+            load([plugin])
         except FtkError as exc:
             raise FtkError(f"{source.where(('plugins', index))}: plugins[{index}]: {exc}") from exc
-    return validate_config(source, manager), manager, source
+    return validate_config(source, manager, run_config_code), manager, source
 
 
 def dump_config(cfg: FtkConfig) -> dict[str, Any]:

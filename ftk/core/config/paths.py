@@ -11,6 +11,10 @@ that exists is a local path; one that cannot be a Hub id (it starts with ``./``,
 ``~``, has more than one ``/``, or its first part is a local directory) is a missing local path,
 reported as such instead of being sent to the Hub.  What is left is a Hub id; whether the Hub or
 the cache has it is a question about the machine (``ftk.core.machine``).
+
+A training ``output_dir`` must be empty, new or an earlier ftk run unless ``overwrite_output_dir``
+(``ftk.core.run_dir``); a ``resume_from_checkpoint`` must hold files that load safely
+(``ftk.core.checkpoints.invalid_file``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ftk.core import run_dir
 from ftk.core.config.schema import FtkConfig
 
 Loc = tuple[str | int, ...]
@@ -61,7 +66,7 @@ def looks_like_path(value: str, config_dir: Path) -> bool:
 
 def _here(value: str) -> Path:
     """Where ``value`` points from the working directory, absolute (for messages)."""
-    return Path(os.path.abspath(Path(value).expanduser()))
+    return Path(os.path.abspath(value))
 
 
 def _missing(what: str, value: str) -> str:
@@ -72,7 +77,7 @@ def _missing(what: str, value: str) -> str:
 
 def beside_config(value: str, config_dir: Path) -> str | None:
     """The message for a relative ``value`` missing from the working directory but found next to the config."""
-    path = Path(value).expanduser()
+    path = Path(value)
     if "://" in value or path.is_absolute() or path.exists():
         return None
     beside = Path(os.path.abspath(config_dir / path))
@@ -87,7 +92,7 @@ def beside_config(value: str, config_dir: Path) -> str | None:
 
 def model_problem(value: str, config_dir: Path) -> str | None:
     """Why ``base_model`` (or ``tokenizer_config``) ``value`` names nothing loadable, when that is certain."""
-    path = Path(value).expanduser()
+    path = Path(value)
     if path.is_file():
         return f"{value} is a file; give the directory that holds config.json and the weights (or a Hub id)"
     if path.exists():
@@ -99,7 +104,7 @@ def model_problem(value: str, config_dir: Path) -> str | None:
 
 def dataset_problem(value: str, config_dir: Path) -> str | None:
     """Why a dataset ``path`` names nothing, when it is certainly meant as a local file or folder."""
-    if Path(value).expanduser().exists():
+    if Path(value).exists():
         return None
     if beside := beside_config(value, config_dir):
         return beside
@@ -131,10 +136,10 @@ def _same_place(first: str, second: str) -> bool:
 
 
 def checkpoint_problem(value: str) -> str | None:
-    """Why ``value`` cannot be resumed from (missing, or not a complete checkpoint), or None."""
+    """Why ``value`` cannot be resumed from (missing, not a complete checkpoint, a file in it not valid), or None."""
     from ftk.core import checkpoints
 
-    path = Path(value).expanduser()
+    path = Path(value)
     if not path.exists():
         return _missing("directory", value)
     if not checkpoints.is_complete(path):
@@ -142,7 +147,7 @@ def checkpoint_problem(value: str) -> str | None:
             f"{value} is not a complete checkpoint (expected a checkpoint-N directory holding "
             f"{checkpoints.TRAINER_STATE_FILE})"
         )
-    return None
+    return checkpoints.invalid_file(path)
 
 
 def _dataset_lists(cfg: FtkConfig) -> Iterable[tuple[Loc, Any]]:
@@ -167,9 +172,12 @@ def path_problems(cfg: FtkConfig, config_dir: Path, purpose: str) -> list[Proble
             add(loc, dataset_problem(value, config_dir))
         add(("dataset_prepared_path",), output_problem(cfg.dataset_prepared_path))
     if purpose in WRITES_OUTPUT:
-        add(("output_dir",), output_problem(cfg.output_dir))
-        if Path(cfg.base_model).expanduser().is_dir() and _same_place(cfg.output_dir, cfg.base_model):
+        unusable = output_problem(cfg.output_dir)
+        add(("output_dir",), unusable)
+        if Path(cfg.base_model).is_dir() and _same_place(cfg.output_dir, cfg.base_model):
             add(("output_dir",), "is the base_model directory; training would write over the base model")
+        elif unusable is None:  # someone else's files in it (checked again under the run's lock)
+            add(("output_dir",), run_dir.ownership_problem(cfg))
         if cfg.resume_from_checkpoint:
             add(("resume_from_checkpoint",), checkpoint_problem(cfg.resume_from_checkpoint))
     return problems

@@ -6,10 +6,49 @@ through hooks and ``ftk.core.config.loader`` validates them the same way.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import os
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
+
+#: ``$NAME`` or ``${NAME}`` in a path.
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
+
+
+def expand_path(value: str) -> str:
+    """A path key's value with ``~`` and environment variables (``$SCRATCH``, ``${HOME}``) expanded.
+
+    Every path key of the config goes through this one function (the ``PathStr`` type), so that
+    ``output_dir: ~/runs/x`` never becomes a folder named ``~`` in the working directory.  A
+    variable that is not set is an error rather than a literal ``$NAME`` folder.
+    """
+    for match in _VARIABLE.finditer(value):
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        if name not in os.environ:
+            raise PydanticCustomError(
+                "path_variable",
+                "environment variable {name} is not set",
+                {"name": name},
+            )
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+#: A string naming a file or directory: ``~`` and ``$VARIABLES`` expanded when the config is read.
+PathStr = Annotated[str, AfterValidator(expand_path)]
+
+
+def expand_template_path(value: str) -> str:
+    """``chat_template_jinja`` holds template text or a file path: a one-line value without Jinja
+    markup is a path and is expanded like every path key; template text is kept as written."""
+    if "\n" in value or "{" in value:
+        return value
+    return expand_path(value)
+
+
+#: Jinja template text, or the path of a file holding it (expanded as :data:`PathStr`).
+TemplateTextOrPath = Annotated[str, AfterValidator(expand_template_path)]
 
 
 class StrictModel(BaseModel):
@@ -37,7 +76,7 @@ class DatasetConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    path: str = Field(
+    path: PathStr = Field(
         min_length=1,
         description="Local file or directory (relative: to the working directory), or a Hub dataset name.",
     )
@@ -46,7 +85,9 @@ class DatasetConfig(BaseModel):
         description="Prompt strategy: a registered name or a dotted path 'package.module.function'.",
     )
     split: str = Field("train", description="Split to load.")
-    data_files: str | list[str] | None = Field(None, description="Files to load from a Hub repo or folder.")
+    data_files: PathStr | list[PathStr] | None = Field(
+        None, description="Files to load from a Hub repo or folder."
+    )
     name: str | None = Field(None, description="Dataset configuration name (Hub datasets).")
     ds_type: Literal["json", "parquet", "csv", "arrow"] | None = Field(
         None, description="File format when it cannot be inferred from the extension."
@@ -67,11 +108,11 @@ class FtkConfig(StrictModel):
     """A whole run. Field names follow axolotl's so that configs carry over."""
 
     # --- model and tokenizer ---
-    base_model: str = Field(
+    base_model: PathStr = Field(
         min_length=1,
         description="Hub model name or local directory (relative: to the working directory) of the base model.",
     )
-    tokenizer_config: str | None = Field(
+    tokenizer_config: PathStr | None = Field(
         None, min_length=1, description="Load the tokenizer from here instead (a Hub name or a directory)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
@@ -84,7 +125,7 @@ class FtkConfig(StrictModel):
         None,
         description="Chat template: 'tokenizer_default', a built-in name (e.g. 'chatml'), or 'jinja'.",
     )
-    chat_template_jinja: str | None = Field(
+    chat_template_jinja: TemplateTextOrPath | None = Field(
         None, description="Jinja template text or path to a .jinja file, when chat_template is 'jinja'."
     )
 
@@ -127,7 +168,7 @@ class FtkConfig(StrictModel):
         ge=0.0,
         description="Held-out eval rows: a share below 1 (0.05: 5%) or a whole number of rows (20); 0: none.",
     )
-    dataset_prepared_path: str = Field(
+    dataset_prepared_path: PathStr = Field(
         "last_run_prepared", min_length=1, description="Directory of the tokenized-data cache."
     )
     dataset_processes: int | None = Field(
@@ -156,8 +197,13 @@ class FtkConfig(StrictModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
     # --- output, eval, logging ---
-    output_dir: str = Field(
+    output_dir: PathStr = Field(
         "./outputs/ftk-run", min_length=1, description="Where adapters, checkpoints, metrics go."
+    )
+    overwrite_output_dir: bool = Field(
+        False,
+        description="Train into an output_dir that holds files ftk did not write (they may be overwritten); "
+        "without it such a folder is refused.",
     )
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end).")
     eval_batch_size: int | None = Field(
@@ -170,7 +216,7 @@ class FtkConfig(StrictModel):
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most N checkpoints.")
     logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
     seed: int = Field(42, ge=0, lt=2**32, description="Seed for data order, initialisation and dropout.")
-    resume_from_checkpoint: str | None = Field(None, description="Checkpoint directory to resume from.")
+    resume_from_checkpoint: PathStr | None = Field(None, description="Checkpoint directory to resume from.")
     auto_resume: bool = Field(
         False, description="Resume from the latest complete checkpoint in output_dir, if there is one."
     )

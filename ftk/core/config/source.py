@@ -2,6 +2,11 @@
 
 Every value remembers where it came from (file and line, or the command line), so that an
 error can point at it.
+
+A config is read with PyYAML's safe loader (no Python objects), and within fixed bounds: at most
+``MAX_DEPTH`` levels of nesting and ``MAX_VALUES`` values once aliases (``*name``) are expanded.
+A few hundred bytes of aliases of lists of aliases ("billion laughs") would otherwise expand to
+billions of values, and ten thousand ``[`` to a RecursionError.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ from ftk.core.errors import FtkError
 
 Loc = tuple[str | int, ...]
 
-_SCALARS = yaml.constructor.SafeConstructor()
-
 
 @dataclass
 class ConfigSource:
@@ -27,6 +30,10 @@ class ConfigSource:
     data: dict[str, Any]
     lines: dict[Loc, int] = field(default_factory=dict)
     overridden: set[Loc] = field(default_factory=set)
+    #: What validation left unchecked because the config's code was not run (``file:line: key: why``).
+    notes: list[str] = field(default_factory=list)
+    #: The top-level keys set aside unchecked (keys only the config's plugins could define).
+    unchecked: dict[str, Any] = field(default_factory=dict)
 
     def where(self, loc: Loc) -> str:
         """``file:line`` (or ``command line``) for the key path ``loc`` or its closest known parent."""
@@ -39,29 +46,96 @@ class ConfigSource:
         return str(self.path)
 
 
-def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: Path) -> Any:
-    """Build Python data from a YAML node, recording the line of each mapping key and list item."""
-    if isinstance(node, yaml.MappingNode):
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = _SCALARS.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise FtkError(f"{path}:{line}: keys must be strings, got {key!r}")
-            if key in result:
-                first = lines.get((*loc, key))
-                raise FtkError(f"{path}:{line}: {key}: duplicate key (first set on line {first})")
-            lines[(*loc, key)] = line
-            result[key] = _construct(value_node, (*loc, key), lines, path)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for index, item in enumerate(node.value):
-            lines[(*loc, index)] = item.start_mark.line + 1
-            items.append(_construct(item, (*loc, index), lines, path))
-        return items
-    # Scalars: PyYAML's safe constructor types them (ints, floats, bools, null).
-    return _SCALARS.construct_object(node, deep=True)
+#: Deepest nesting of mappings and lists a config may have (real configs have fewer than 10).
+MAX_DEPTH = 100
+#: Most values (keys, items, scalars) a config may hold, counted after expanding aliases.
+MAX_VALUES = 100_000
+
+
+#: The tags of plain mappings and lists; any other (``!!python/object``, ``!!set``...) is refused.
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops composing nodes nested deeper than ``MAX_DEPTH``."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _Builder:
+    """Builds Python data from YAML nodes, counting values so that aliases cannot multiply them unbounded."""
+
+    def __init__(self, path: Path, lines: dict[Loc, int]) -> None:
+        self.path = path
+        self.lines = lines
+        self.values = 0
+        self.scalars = yaml.constructor.SafeConstructor()
+
+    def count(self, node: yaml.Node) -> None:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise FtkError(
+                f"{self.path}:{node.start_mark.line + 1}: too many values: more than {MAX_VALUES:,} once "
+                "aliases (*name) are expanded; a config is far smaller (are aliases nested in aliases?)"
+            )
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        """Python data of ``node``, recording the line of each mapping key and list item under ``loc``."""
+        self.count(node)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            raise FtkError(f"{self.path}:{node.start_mark.line + 1}: unsupported YAML tag {node.tag}")
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):
+                    kind = "a mapping" if isinstance(key_node, yaml.MappingNode) else "a list"
+                    raise FtkError(f"{self.path}:{line}: keys must be strings, got {kind}")
+                key = self._scalar(key_node)
+                if not isinstance(key, str):
+                    raise FtkError(f"{self.path}:{line}: keys must be strings, got {_short(key)}")
+                if key in result:
+                    first = self.lines.get((*loc, key))
+                    raise FtkError(f"{self.path}:{line}: {key}: duplicate key (first set on line {first})")
+                self.lines[(*loc, key)] = line
+                result[key] = self.build(value_node, (*loc, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                self.lines[(*loc, index)] = item.start_mark.line + 1
+                items.append(self.build(item, (*loc, index)))
+            return items
+        # Scalars: PyYAML's safe constructor types them (ints, floats, bools, null).
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        """A scalar typed by PyYAML's safe constructor; a tag it does not know is a one-line error."""
+        try:
+            return self.scalars.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise FtkError(f"{self.path}:{node.start_mark.line + 1}: invalid YAML: {problem}") from None
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_config_file(path: str | Path) -> ConfigSource:
@@ -74,7 +148,7 @@ def read_config_file(path: str | Path) -> ConfigSource:
     except OSError as exc:
         raise FtkError(f"{path}: cannot read config: {exc.strerror}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -85,7 +159,7 @@ def read_config_file(path: str | Path) -> ConfigSource:
     if not isinstance(node, yaml.MappingNode):
         raise FtkError(f"{path}:{node.start_mark.line + 1}: the config must be a mapping of keys to values")
     lines: dict[Loc, int] = {}
-    data = _construct(node, (), lines, path)
+    data = _Builder(path, lines).build(node, ())
     return ConfigSource(path=path, data=data, lines=lines)
 
 

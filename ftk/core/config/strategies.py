@@ -10,18 +10,24 @@ non-callable attribute, a function that cannot be called with ``(dataset, tokeni
 the function returns is checked when it is called: a function of one row that returns a mapping
 with ``input_ids`` and ``labels`` (or a list of them).  An exception raised in the user's code
 becomes a one-line error naming the file (and the row); ``--verbose`` shows its traceback.
+
+``ftk validate`` runs none of the config's code: ``check_strategy_source`` makes the same checks
+on the module's source, found and parsed without importing it (``ftk.core.static_modules``).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ftk.core.errors import FtkError, suggest
 from ftk.core.registry import Registry, RowFeatures, Strategy
+from ftk.core.static_modules import ModuleNotFound, find_module
 
 #: axolotl dataset types that ftk does not have, and what to write instead (docs/axolotl.md).
 AXOLOTL_TYPES = {
@@ -49,16 +55,21 @@ def _unknown(registry: Registry, type_name: str) -> FtkError:
     return FtkError(f"unknown strategy {type_name!r}{hint}; registered: {', '.join(names)}")
 
 
+def _no_module(registry: Registry, type_name: str, missing: str) -> FtkError:
+    """``no module named 'x' (strategy 'x.y.fn')``, with a hint when ``x`` is a registered name."""
+    head = type_name.split(".", 1)[0]
+    hint = _axolotl_hint(type_name)
+    if not hint and head in registry.strategies:
+        hint = f"; {head!r} is a registered strategy: write type: {head}"
+    return FtkError(f"no module named {missing!r} (strategy {type_name!r}){hint}")
+
+
 def _import(registry: Registry, type_name: str, module_path: str) -> Any:
     try:
         return importlib.import_module(module_path)
     except ModuleNotFoundError as exc:
         if exc.name and (module_path == exc.name or module_path.startswith(exc.name + ".")):
-            head = type_name.split(".", 1)[0]
-            hint = _axolotl_hint(type_name)
-            if not hint and head in registry.strategies:
-                hint = f"; {head!r} is a registered strategy: write type: {head}"
-            raise FtkError(f"no module named {exc.name!r} (strategy {type_name!r}){hint}") from exc
+            raise _no_module(registry, type_name, exc.name) from exc
         raise FtkError(f"importing {module_path!r} failed: ModuleNotFoundError: {exc}") from exc
     except Exception as exc:  # an error inside the user's module is shown as what it is
         raise FtkError(f"importing {module_path!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -77,8 +88,12 @@ def check_build_signature(build: Any, what: str, name: str) -> None:
     ``what`` names it in the message (``mypkg.mod.fn``), ``name`` is how the call is shown (``fn``).
     """
     signature = _signature(build)
-    if signature is None:
-        return
+    if signature is not None:
+        check_signature(signature, what, name)
+
+
+def check_signature(signature: inspect.Signature, what: str, name: str) -> None:
+    """An FtkError unless a function of this signature can be called as ``build(dataset, tokenizer, cfg)``."""
     try:
         signature.bind(None, None, None)
     except TypeError:
@@ -186,3 +201,67 @@ def resolve_strategy(registry: Registry, type_name: str) -> Strategy:
     check_build_signature(build, type_name, attr)
     options_model = getattr(build, "options_model", None)
     return Strategy(type_name, CheckedBuild(build, type_name), options_model, plugin=module_path)
+
+
+@dataclass
+class StrategySource:
+    """A dotted ``type`` checked from its module's source, without importing it (``ftk validate``).
+
+    ``takes_options``: whether the function has an ``options_model`` (dataset keys of its own);
+    None when only running the code would tell (a decorated function, a name it imports).
+    """
+
+    name: str
+    module: str
+    takes_options: bool | None
+
+
+def check_strategy_source(registry: Registry, type_name: str) -> StrategySource:
+    """What ``resolve_strategy`` checks of a dotted ``type``, read from the source: nothing is run.
+
+    The module is found without importing it or its packages (``ftk.core.static_modules``); a
+    module that is missing or certainly fails to import, a name it does not define, a literal
+    that is not a function and a function whose signature does not fit are errors worded as
+    ``resolve_strategy`` words them.  What the source cannot show is left to ``ftk train``.
+    """
+    module_path, _, attr = type_name.rpartition(".")
+    try:
+        view = find_module(module_path)
+    except ModuleNotFound as exc:
+        raise _no_module(registry, type_name, exc.name) from None
+    problem = view.import_problem()
+    if problem is not None:
+        raise FtkError(f"importing {module_path!r} would fail: {problem}")
+    unknown = StrategySource(type_name, module_path, None)
+    if not view.readable:
+        return unknown
+    names, open_ended = view.bindings()
+    binding = names.get(attr)
+    if binding is None:
+        if open_ended:
+            return unknown
+        functions = [name for name, b in names.items() if b.kind != "value" and not name.startswith("_")]
+        raise FtkError(f"module {module_path!r} has no attribute {attr!r}{suggest(attr, functions)}")
+    if binding.has_value and not callable(binding.value):  # a literal: never a function
+        raise FtkError(f"{type_name} is {_describe(binding.value)}, not a function")
+    if binding.signature is None:
+        return unknown
+    check_signature(binding.signature, type_name, attr)
+    takes_options = view.assigns_attribute(attr, "options_model")
+    if isinstance(binding.node, ast.ClassDef):
+        takes_options = takes_options or any(
+            name == "options_model" for node in binding.node.body for name in _assigned(node)
+        )
+    return StrategySource(type_name, module_path, takes_options)
+
+
+def _assigned(node: ast.stmt) -> list[str]:
+    """The plain names an assignment in a class body binds."""
+    targets = (
+        node.targets
+        if isinstance(node, ast.Assign)
+        else [node.target]
+        if isinstance(node, ast.AnnAssign)
+        else []
+    )
+    return [target.id for target in targets if isinstance(target, ast.Name)]

@@ -39,9 +39,12 @@ def check_rows_left(where: str, stats: SourceStats, cfg: FtkConfig) -> None:
         shown = f"; {', '.join(rows)}{more}" if rows else ""
         reasons.append(f"{stats.nothing_trained} with nothing to train ({NOTHING_TRAINED_HINT}{shown})")
     if stats.too_long:
+        rows = stats.too_long_examples[:SHOWN_ROWS]
+        more = ", ..." if stats.too_long > len(rows) else ""
+        shown = f"; {', '.join(rows)}{more}" if rows else ""
         reasons.append(
             f"{stats.too_long} longer than sequence_len {cfg.sequence_len} (raise sequence_len, or set "
-            "excess_length_strategy: truncate)"
+            f"excess_length_strategy: truncate{shown})"
         )
     if stats.invalid:
         first = f" (first: {stats.invalid_examples[0]})" if stats.invalid_examples else ""
@@ -49,8 +52,15 @@ def check_rows_left(where: str, stats: SourceStats, cfg: FtkConfig) -> None:
     raise FtkError(f"{where} ({stats.path}): no rows left to train on, of {stats.rows}: {'; '.join(reasons)}")
 
 
+def _shown(rows: list[str], count: int) -> str:
+    """`` (data.jsonl:4, data.jsonl:9, ...)`` for the first few of ``count`` rows, or "" when none is known."""
+    rows = rows[:SHOWN_ROWS]
+    return f" ({', '.join(rows)}{', ...' if count > len(rows) else ''})" if rows else ""
+
+
 def dropped_note(sources: Sequence[SourceStats]) -> str:
-    """``; dropped 3 rows: 2 with nothing to train (data.jsonl:4, data.jsonl:9), 1 too long``, or ""."""
+    """``; dropped 3 rows: 2 with nothing to train (data.jsonl:4, data.jsonl:9), 1 too long (data.jsonl:7)``,
+    or ""."""
     nothing = sum(s.nothing_trained for s in sources)
     too_long = sum(s.too_long for s in sources)
     invalid = sum(s.invalid for s in sources)
@@ -58,11 +68,11 @@ def dropped_note(sources: Sequence[SourceStats]) -> str:
         return ""
     parts = []
     if nothing:
-        rows = [row for s in sources for row in s.nothing_trained_examples][:SHOWN_ROWS]
-        shown = f" ({', '.join(rows)}{', ...' if nothing > len(rows) else ''})" if rows else ""
-        parts.append(f"{nothing:,} with nothing to train{shown}")
+        rows = [row for s in sources for row in s.nothing_trained_examples]
+        parts.append(f"{nothing:,} with nothing to train{_shown(rows, nothing)}")
     if too_long:
-        parts.append(f"{too_long:,} too long")
+        rows = [row for s in sources for row in s.too_long_examples]
+        parts.append(f"{too_long:,} too long{_shown(rows, too_long)}")
     if invalid:
         parts.append(f"{invalid:,} invalid")
     total = nothing + too_long + invalid

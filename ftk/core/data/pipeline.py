@@ -4,7 +4,8 @@ The cache key covers everything that decides the result: each source's bytes, ea
 (strategy and its settings), the code of the file that defines each strategy, the tokenizer (vocabulary, special tokens, chat template), every
 top-level key that changes tokens, labels or the split, and the ftk version.  A hit is never stale.
 The cache entry is a folder with ``train`` (and ``eval``) saved by ``datasets``, so it loads with
-``datasets.load_from_disk``, and ``ftk_meta.json`` with the counts.
+``datasets.load_from_disk``, and ``ftk_meta.json`` with the counts; how entries are written, locked
+and replaced is ``ftk.core.data.cache``'s part.
 """
 
 from __future__ import annotations
@@ -27,15 +28,13 @@ from ftk import __version__
 from ftk.core.config.loader import resolve_strategy
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.data.bins import bin_shapes
+from ftk.core.data.cache import META_FILE, get_or_build
 from ftk.core.data.columns import column_array
 from ftk.core.data.drops import check_rows_left, dropped_note
 from ftk.core.data.sources import load_source, source_fingerprint
 from ftk.core.data.tokenize import SourceStats, tokenize_source
 from ftk.core.errors import FtkError
-from ftk.core.files import publish_directory, staging_directory
 from ftk.core.registry import Registry, Strategy
-
-META_FILE = "ftk_meta.json"
 
 #: Top-level keys that change the prepared data (besides the dataset entries themselves).
 DATA_KEYS = (
@@ -211,68 +210,86 @@ def _split_eval(data: Dataset, cfg: FtkConfig, work_dir: Path) -> tuple[Dataset,
     return parts["train"], parts["test"]
 
 
-def _load_cached(directory: Path, from_cache: bool = True) -> PreparedData | None:
+def _load_cached(directory: Path) -> PreparedData | None:
+    """The entry in ``directory``, or None when it has no meta file (not a complete entry)."""
     meta = directory / META_FILE
     if not meta.is_file():
         return None
     info = json.loads(meta.read_text())
-    train = datasets.load_from_disk(str(directory / "train"))
-    eval_set = datasets.load_from_disk(str(directory / "eval")) if (directory / "eval").is_dir() else None
+    with quiet_datasets():
+        train = datasets.load_from_disk(str(directory / "train"))
+        eval_set = datasets.load_from_disk(str(directory / "eval")) if (directory / "eval").is_dir() else None
     sources = [SourceStats(**item) for item in info["datasets"]]
     eval_sources = [SourceStats(**item) for item in info["test_datasets"]]
-    return PreparedData(train, eval_set, directory, from_cache, sources, eval_sources, info.get("packing"))
+    return PreparedData(train, eval_set, directory, True, sources, eval_sources, info.get("packing"))
+
+
+def _is_local(dataset: DatasetConfig) -> bool:
+    return Path(dataset.path).expanduser().exists()
 
 
 def prepare_data(
     cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase, registry: Registry, use_cache: bool = True
 ) -> PreparedData:
-    """Tokenized, filtered, mixed train (and eval) data for ``cfg``, from the cache when valid."""
-    with quiet_datasets():
-        raws = [load_source(d, f"datasets[{i}]") for i, d in enumerate(cfg.datasets)]
-        eval_raws = [load_source(d, f"test_datasets[{i}]") for i, d in enumerate(cfg.test_datasets)]
-    entries = [*cfg.datasets, *cfg.test_datasets]
-    digests = [source_fingerprint(d, raw) for d, raw in zip(entries, [*raws, *eval_raws], strict=True)]
-    strategies = [strategy_fingerprint(resolve_strategy(registry, d.type)) for d in entries]
-    directory = Path(cfg.dataset_prepared_path) / cache_key(
-        cfg, tokenizer_fingerprint(tokenizer), digests, strategies
-    )
-    if use_cache:
-        with quiet_datasets():
-            cached = _load_cached(directory)
-        if cached is not None:
-            return cached
+    """Tokenized, filtered, mixed train (and eval) data for ``cfg``, from the cache when valid.
 
-    # Everything is written under a temporary folder beside the cache entry and renamed into place
-    # at the end, so no reader sees half of it; the tokenized sources (``work``) are deleted first.
-    cache_root_is_new = not directory.parent.exists()
-    staging = staging_directory(directory)
-    try:
-        work = staging / "work"
-        train, stats = _mix(raws, cfg.datasets, "datasets", cfg, tokenizer, registry, work)
-        eval_set, eval_stats = _mix(
-            eval_raws, cfg.test_datasets, "test_datasets", cfg, tokenizer, registry, work
-        )
-        assert train is not None  # the schema requires at least one dataset
-        with quiet_datasets():
-            if cfg.shuffle_merged_datasets:
-                train = train.shuffle(seed=cfg.seed, keep_in_memory=True)
-            if eval_set is None:
-                train, eval_set = _split_eval(train, cfg, work)
-            packing = packing_summary(column_array(train, "length"), cfg) if cfg.sample_packing else None
-            prepared = PreparedData(train, eval_set, directory, False, stats, eval_stats, packing)
-            _save(prepared, staging)
-            del train, eval_set, prepared
-            shutil.rmtree(work, ignore_errors=True)
-            publish_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if cache_root_is_new and not any(directory.parent.iterdir()):
-            directory.parent.rmdir()  # made for this run: a failed run leaves no empty cache folder
-        raise
+    A local source is known by its bytes: it is loaded only when the entry has to be written, with
+    ``datasets``' copy of it inside the staging folder (deleted with it).  A Hub dataset is loaded
+    first, as its digest is ``datasets``' fingerprint of it.  With ``use_cache`` False the data
+    are tokenized again and replace the entry (``ftk.core.data.cache``).
+    """
+    entries = [*cfg.datasets, *cfg.test_datasets]
+    wheres = [f"datasets[{i}]" for i in range(len(cfg.datasets))]
+    wheres += [f"test_datasets[{i}]" for i in range(len(cfg.test_datasets))]
     with quiet_datasets():
-        written = _load_cached(directory, from_cache=False)
-    assert written is not None
-    return written
+        hub = {i: load_source(d, wheres[i]) for i, d in enumerate(entries) if not _is_local(d)}
+    digests = [source_fingerprint(d, hub.get(i)) for i, d in enumerate(entries)]
+    strategies = [strategy_fingerprint(resolve_strategy(registry, d.type)) for d in entries]
+    key = cache_key(cfg, tokenizer_fingerprint(tokenizer), digests, strategies)
+    root = Path(cfg.dataset_prepared_path)
+
+    def build(staging: Path) -> None:
+        with quiet_datasets():
+            raws = [
+                hub[i] if i in hub else load_source(d, wheres[i], cache_dir=staging / "sources")
+                for i, d in enumerate(entries)
+            ]
+        _build(cfg, tokenizer, registry, raws, staging, root / key)
+
+    data, reused = get_or_build(root, key, _load_cached, build, reuse=use_cache)
+    data.from_cache = reused
+    return data
+
+
+def _build(
+    cfg: FtkConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    registry: Registry,
+    raws: list[Dataset],
+    staging: Path,
+    entry: Path,
+) -> None:
+    """Tokenize, filter, mix and split ``raws`` (the sources of ``cfg``) into a complete entry in ``staging``.
+
+    ``entry`` is where it will be published (its meta file names it).  The scratch files
+    (``sources``: ``datasets``' copy of the local sources; ``work``: the tokenized rows) are deleted
+    once the entry is saved.
+    """
+    work = staging / "work"
+    train_raws, eval_raws = raws[: len(cfg.datasets)], raws[len(cfg.datasets) :]
+    train, stats = _mix(train_raws, cfg.datasets, "datasets", cfg, tokenizer, registry, work)
+    eval_set, eval_stats = _mix(eval_raws, cfg.test_datasets, "test_datasets", cfg, tokenizer, registry, work)
+    assert train is not None  # the schema requires at least one dataset
+    with quiet_datasets():
+        if cfg.shuffle_merged_datasets:
+            train = train.shuffle(seed=cfg.seed, keep_in_memory=True)
+        if eval_set is None:
+            train, eval_set = _split_eval(train, cfg, work)
+        packing = packing_summary(column_array(train, "length"), cfg) if cfg.sample_packing else None
+        _save(PreparedData(train, eval_set, entry, False, stats, eval_stats, packing), staging)
+    del train, eval_set, raws, train_raws, eval_raws
+    for scratch in (work, staging / "sources"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _save(prepared: PreparedData, staging: Path) -> None:

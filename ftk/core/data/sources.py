@@ -27,6 +27,7 @@ from ftk.core.data.file_checks import (
     text_file_problem,
     without_blank_lines,
 )
+from ftk.core.data.json_depth import nesting_problem
 from ftk.core.data.row_location import RowLocator
 from ftk.core.errors import FtkError
 
@@ -70,8 +71,13 @@ def _quiet_loaders() -> Iterator[None]:
 
 
 def file_problem(path: Path, builder: str) -> Problem | None:
-    """What makes ``path`` unreadable as a ``builder`` file, found without loading it, or None."""
-    if builder in ("json", "csv"):
+    """What makes ``path`` unreadable as a ``builder`` file, found without loading it, or None.
+
+    A JSON file is read whole for how deeply its rows nest: pyarrow would crash on a deep one.
+    """
+    if builder == "json":
+        return text_file_problem(path, builder) or nesting_problem(path)
+    if builder == "csv":
         return text_file_problem(path, builder)
     return binary_file_problem(path, builder)
 
@@ -91,14 +97,16 @@ def _cause(exc: BaseException) -> BaseException:
     )
 
 
-def _load_file(path: Path, name: str, builder: str) -> Dataset:
+def _load_file(path: Path, name: str, builder: str, cache_dir: Path | None = None) -> Dataset:
     """One local file, checked first; ``name`` is the path as the config gives it."""
     problem = file_problem(path, builder)
     if problem is not None:
         raise FtkError(problem.message(name))
     try:
         with _quiet_loaders():
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            return datasets.load_dataset(
+                builder, data_files=str(path), split="train", cache_dir=_text(cache_dir)
+            )
     except Exception as exc:  # datasets raises many types; all mean "this file cannot be read"
         problem = _diagnose(path, builder)
         if problem is not None:
@@ -115,7 +123,9 @@ def _load_file(path: Path, name: str, builder: str) -> Dataset:
         copy = without_blank_lines(path, Path(scratch) / "rows.jsonl")
         try:
             with _quiet_loaders():
-                return datasets.load_dataset(builder, data_files=str(copy), split="train")
+                return datasets.load_dataset(
+                    builder, data_files=str(copy), split="train", cache_dir=_text(cache_dir)
+                )
         except Exception as exc:
             raise error from exc
 
@@ -139,22 +149,35 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def load_source(dataset: DatasetConfig, where: str) -> Dataset:
+def _check_json_nesting(folder: Path) -> None:
+    """An FtkError naming the first JSON file of ``folder`` and its line whose row nests too deeply."""
+    for file, builder in _data_files(folder):
+        problem = nesting_problem(file) if builder == "json" else None
+        if problem is not None:
+            raise FtkError(problem.message(str(file)))
+
+
+def _text(cache_dir: Path | None) -> str | None:
+    return None if cache_dir is None else str(cache_dir)
+
+
+def load_source(dataset: DatasetConfig, where: str, cache_dir: Path | None = None) -> Dataset:
     """The raw rows of one ``datasets:`` entry; ``where`` (e.g. ``datasets[0]``) prefixes errors.
 
     A local file that is empty, binary, of another format, or not valid JSON lines is an error
-    naming the file and, for JSON, the line (``data.jsonl:20: not valid JSON (...)``).
+    naming the file and, for JSON, the line (``data.jsonl:20: not valid JSON (...)``).  ``cache_dir``
+    is where ``datasets`` keeps its copy of a local file or folder (default: its own cache).
     """
     path = Path(dataset.path).expanduser()
-    loaded = _load(path, dataset, where)
+    loaded = _load(path, dataset, where, cache_dir)
     if len(loaded) == 0:
         raise FtkError(f"{dataset.path}: no rows")
     return loaded
 
 
-def _load(path: Path, dataset: DatasetConfig, where: str) -> Dataset:
+def _load(path: Path, dataset: DatasetConfig, where: str, cache_dir: Path | None = None) -> Dataset:
     if path.is_file():
-        return _load_file(path, dataset.path, _builder_for(path, dataset, where))
+        return _load_file(path, dataset.path, _builder_for(path, dataset, where), cache_dir)
     try:
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
@@ -169,6 +192,8 @@ def _load(path: Path, dataset: DatasetConfig, where: str) -> Dataset:
             path.suffix.lower() in EXTENSION_BUILDERS or dataset.path.startswith((".", "/", "~"))
         ):
             raise FtkError(f"{where}.path: no such file or directory: {dataset.path!r}")
+        if path.is_dir():
+            _check_json_nesting(path)
         # A data folder and a Hub dataset name take the same road: datasets resolves both.
         with _quiet_loaders():
             return datasets.load_dataset(
@@ -176,6 +201,7 @@ def _load(path: Path, dataset: DatasetConfig, where: str) -> Dataset:
                 name=dataset.name,
                 data_files=dataset.data_files,
                 split=dataset.split,
+                cache_dir=_text(cache_dir) if path.is_dir() else None,
             )
     except FtkError:
         raise
@@ -207,11 +233,11 @@ def row_locator(dataset: DatasetConfig) -> RowLocator:
     return RowLocator(dataset.path, json_lines)
 
 
-def source_fingerprint(dataset: DatasetConfig, loaded: Dataset) -> str:
+def source_fingerprint(dataset: DatasetConfig, loaded: Dataset | None = None) -> str:
     """A digest that changes whenever the source's content changes.
 
-    Local files and folders are hashed byte for byte; for Hub datasets, ``datasets``' own
-    fingerprint of the downloaded files stands in.
+    Local files and folders are hashed byte for byte (``loaded`` is not needed); for Hub datasets,
+    ``datasets``' own fingerprint of the downloaded files (of ``loaded``) stands in.
     """
     path = Path(dataset.path).expanduser()
     digest = hashlib.sha256()
@@ -223,5 +249,6 @@ def source_fingerprint(dataset: DatasetConfig, loaded: Dataset) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     else:
+        assert loaded is not None, f"{dataset.path}: a Hub dataset's digest needs the loaded dataset"
         digest.update(f"hub:{dataset.path}:{dataset.name}:{dataset.split}:{loaded._fingerprint}".encode())
     return digest.hexdigest()

@@ -8,6 +8,10 @@ Policies (top-level config keys):
   (``drop``, the default), cut to ``sequence_len`` (``truncate``), or stops the run (``raise``);
 * an example with no trained token teaches nothing: it is always dropped and counted.
 
+A row with a text far longer than ``sequence_len`` could need (one message of 50 million
+characters) is converted first with its long texts cut (``RowConverter._convert_cut``), so its
+fate costs a few hundred thousand characters of tokenizing instead of a minute and gigabytes.
+
 With several processes (``dataset_processes``), each worker needs the row function. A forked
 worker finds the one built here (the parent's memory is its own); any other worker receives the
 strategy, the dataset entry, the config and the tokenizer, all picklable, and builds its own.
@@ -49,6 +53,13 @@ BYTES_PER_PROCESS = 1 << 20
 # What happened to an example, in the "problem" column: kept (as it is, or cut), or dropped and why.
 KEPT, TRUNCATED, INVALID, TOO_LONG, NOTHING_TRAINED = 0, 1, 2, 3, 4
 
+#: A row with a text longer than this many characters per token of ``sequence_len`` is first
+#: converted with its long texts cut to that length (real text has 3 to 5 characters a token).
+CUT_CHARS_PER_TOKEN = 16
+#: The cut long enough whatever the text is this many times ``sequence_len`` times the characters
+#: of the longest vocabulary entry: room for a normalizer that joins characters (NFC, up to 3 in 1).
+NORMALIZER_ROOM = 4
+
 
 @dataclass
 class SourceStats:
@@ -66,6 +77,7 @@ class SourceStats:
     trained_tokens: int = 0
     invalid_examples: list[str] = field(default_factory=list)
     nothing_trained_examples: list[str] = field(default_factory=list)  # where, e.g. data.jsonl:4
+    too_long_examples: list[str] = field(default_factory=list)  # dropped as too long, where
 
     @property
     def dropped(self) -> int:
@@ -131,6 +143,40 @@ def _live_converter(key: str) -> RowConverter:
     return _LIVE[key]
 
 
+def longest_text(value: Any) -> int:
+    """The length of the longest string anywhere in ``value`` (a row: mappings, lists, scalars)."""
+    longest = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            longest = max(longest, len(item))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return longest
+
+
+def cut_texts(value: Any, chars: int) -> Any:
+    """``value`` with every string in it longer than ``chars`` cut to its first ``chars`` characters."""
+    if isinstance(value, str):
+        return value[:chars] if len(value) > chars else value
+    if isinstance(value, dict):
+        return {key: cut_texts(item, chars) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [cut_texts(item, chars) for item in value]
+    return value
+
+
+def longest_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters one token can stand for: its longest vocabulary entry, in characters.
+
+    A byte-level entry has a character per byte, never fewer than the text it decodes to.
+    """
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
 def _workers_fork() -> bool:
     """Whether ``datasets``' worker processes start as forks of this one (they share its memory)."""
     import multiprocess  # datasets' own dependency
@@ -156,6 +202,9 @@ class RowConverter:
         self.to_features: Callable[[dict[str, Any]], RowFeatures] = strategy.build(dataset, tokenizer, cfg)
         self.key = uuid.uuid4().hex
         self.locate = row_locator(dataset)  # names a row by its line in a JSON-lines file
+        self.cut_from = CUT_CHARS_PER_TOKEN * cfg.sequence_len  # rows with a longer text: cut first
+        self._cuts: list[int] | None = None  # the lengths to cut to, found when first needed
+        self._splits = False  # the strategy makes several examples of a long row: never cut
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.key in _LIVE and _workers_fork():
@@ -172,6 +221,10 @@ class RowConverter:
         skip_invalid = self.cfg.invalid_rows != "raise"
         for position, row_index in enumerate(indices):
             row = {column: values[position] for column, values in columns}
+            if not self._splits:
+                longest = longest_text(row)
+                if longest > self.cut_from and self._convert_cut(out, row, row_index, longest):
+                    continue
             try:
                 produced = to_features(row)
             except FtkError as exc:
@@ -187,7 +240,54 @@ class RowConverter:
                 self._add_example(out, produced, row_index)
         return out.table()
 
-    def _add_example(self, out: _Output, features: dict[str, list[int]], row_index: int) -> None:
+    def _cut_lengths(self) -> list[int]:
+        """The lengths to cut a long row's texts to, shortest first.
+
+        For ``drop`` and ``raise``, first ``CUT_CHARS_PER_TOKEN`` characters a token, enough for
+        any real text; then, for text made of the vocabulary's longest entries, enough whatever
+        the text (``NORMALIZER_ROOM`` times ``sequence_len`` such entries).  ``truncate`` keeps
+        the example's first ``sequence_len`` tokens, so every cut text must give that many: the
+        second length only.
+        """
+        if self._cuts is None:
+            limit = self.cfg.sequence_len
+            sure = NORMALIZER_ROOM * limit * longest_token_chars(self.tokenizer)
+            first = [] if self.cfg.excess_length_strategy == "truncate" else [self.cut_from]
+            self._cuts = [*first, *([sure] if sure > self.cut_from else [])]
+        return self._cuts
+
+    def _convert_cut(self, out: _Output, row: dict[str, Any], row_index: int, longest: int) -> bool:
+        """Convert ``row`` with its longest texts cut, when that settles it: False, convert it whole.
+
+        The cut row settles it when it makes one example of more than twice ``sequence_len``
+        tokens: the whole row makes one at least as long (more text, more tokens), over the
+        limit whatever the rest, with the same first tokens.  Otherwise the whole row is
+        converted: the cut text may not reach the example (a field the strategy does not use),
+        the cut may be what makes the row invalid (JSON text cut short), or the strategy splits
+        long rows into several examples (then no row of this source is cut again).
+        """
+        for chars in self._cut_lengths():
+            if chars >= longest:
+                break
+            try:
+                produced = self.to_features(cut_texts(row, chars))
+            except Exception:  # the whole row decides, and raises its own error if it has one
+                return False
+            if isinstance(produced, list):
+                if len(produced) != 1:
+                    self._splits = len(produced) > 1
+                    return False
+                produced = produced[0]
+            if len(produced["input_ids"]) > 2 * self.cfg.sequence_len:
+                self._add_example(out, produced, row_index, cut=longest)
+                return True
+        return False
+
+    def _add_example(
+        self, out: _Output, features: dict[str, list[int]], row_index: int, cut: int = 0
+    ) -> None:
+        """Add one example of the row ``row_index``, applying the length policies; ``cut``: the
+        length of the text cut before tokenizing (the example is the start of the row's)."""
         ids, labels = _as_list(features["input_ids"]), _as_list(features["labels"])
         mask = features.get("attention_mask")
         mask = [1] * len(ids) if mask is None or len(mask) == 0 else _as_list(mask)
@@ -202,12 +302,16 @@ class RowConverter:
         if len(ids) > limit:
             policy = self.cfg.excess_length_strategy
             if policy == "raise":
+                count = (
+                    f"at least {len(ids)} tokens (a text of {cut:,} characters)"
+                    if cut
+                    else f"{len(ids)} tokens"
+                )
                 raise self._row_error(
-                    row_index,
-                    f"{len(ids)} tokens, more than sequence_len {limit} (excess_length_strategy: raise)",
+                    row_index, f"{count}, more than sequence_len {limit} (excess_length_strategy: raise)"
                 )
             if policy == "drop":
-                out.drop(TOO_LONG)
+                out.drop(TOO_LONG, str(row_index))  # named in _keep, for the first few only
                 return
             ids, labels, mask = ids[:limit], labels[:limit], mask[:limit]
             problem = TRUNCATED
@@ -328,10 +432,17 @@ def _keep(
         first = np.flatnonzero(problems == INVALID)[:MAX_EXAMPLE_PROBLEMS]
         stats.invalid_examples = list(tokenized.select(first)["detail"])
     if stats.nothing_trained:
-        first = np.flatnonzero(problems == NOTHING_TRAINED)[:MAX_EXAMPLE_PROBLEMS]
-        rows_of = dict.fromkeys(int(row) for row in tokenized.select(first)["detail"])
-        stats.nothing_trained_examples = [locate.where(row) for row in rows_of]
+        stats.nothing_trained_examples = _where(tokenized, problems, NOTHING_TRAINED, locate)
+    if stats.too_long:
+        stats.too_long_examples = _where(tokenized, problems, TOO_LONG, locate)
     examples = tokenized.select_columns([*FEATURES, "length"])
     if stats.kept < len(tokenized):
         examples = examples.select(np.flatnonzero(kept), keep_in_memory=True)
     return examples, stats
+
+
+def _where(tokenized: Dataset, problems: np.ndarray, problem: int, locate: RowLocator) -> list[str]:
+    """Where the first few rows dropped for ``problem`` are (``data.jsonl:4``); their index is the detail."""
+    first = np.flatnonzero(problems == problem)[:MAX_EXAMPLE_PROBLEMS]
+    rows_of = dict.fromkeys(int(row) for row in tokenized.select(first)["detail"])
+    return [locate.where(row) for row in rows_of]
