@@ -7,12 +7,16 @@ given: their row says ``config, not imported`` and lists the hooks their source 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from ftk.commands.common import add_import_argument
 from ftk.core.config.loader import load_config
+
+#: Columns of a table printed to a pipe or a file (a terminal's own width is used otherwise).
+PIPED_WIDTH = 240
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("hooks")
     for info in [*manager.infos.values(), *manager.unimported.values()]:
         table.add_row(info.name, info.source, info.version, ", ".join(info.hooks))
-    Console().print(table)
+    # Piped or captured output keeps each row on one line, whatever the terminal's width.
+    (Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)).print(table)
     return 0
