@@ -9,10 +9,10 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import requires, version
 
+import transformers.trainer as trainer_module
 from packaging.requirements import Requirement
 from packaging.version import Version
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
 
 from ftk.integrations.transformers_trainer import StagedCheckpointTrainer
 
@@ -38,12 +38,16 @@ def test_the_overridden_private_methods_exist_with_the_same_arguments():
     assert parameters(Trainer._save_checkpoint) == ["self", "model", "trial"]
     for name in ("_get_grad_norm", "_get_output_dir", "_save_checkpoint"):
         assert name in vars(StagedCheckpointTrainer)  # what the integration overrides, and only there
-    assert parameters(rotate_checkpoints)[:4] == [
-        "output_dir",
-        "save_total_limit",
-        "best_model_checkpoint",
-        "use_mtime",
-    ]
+
+
+def test_trainer_rotates_nothing_once_its_save_total_limit_is_cleared():
+    # StagedCheckpointTrainer takes save_total_limit for ftk's own rotation and sets Trainer's to
+    # None: every place Trainer deletes checkpoints must be governed by that argument.
+    source = inspect.getsource(trainer_module)
+    calls = source.count("rotate_checkpoints(")
+    assert calls >= 1
+    assert source.count("save_total_limit=self.args.save_total_limit") == calls
+    assert "self.args.save_total_limit == 1" in source  # the end-of-training deletion
 
 
 def test_trainer_still_calls_them_where_ftk_expects():
