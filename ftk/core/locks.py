@@ -1,7 +1,7 @@
 """Exclusive locks held while a run trains or a cache entry is written, naming their holder.
 
-A lock is ``fcntl.flock`` on a small file that stays in place (removing it would let a second
-process lock a new file while a third still waits on the old one).  The holder writes its process
+A lock is ``fcntl.flock`` on a small file that normally stays in place; a holder that removes it
+is safe too, as a waiter checks, once locked, that it holds the file now at the path.  The holder writes its process
 id, host and start time into the file, so that a process that finds the lock taken can say who
 holds it.  The operating system releases the lock when the holder exits, however it exits: a
 killed run leaves no stale lock.
@@ -62,6 +62,44 @@ def _record_holder(handle: int) -> None:
     os.pwrite(handle, text.encode("utf-8"), 0)
 
 
+#: How often a lock is taken again when its file was removed meanwhile, before giving up.
+_REOPENS = 100
+
+
+def _open_locked(path: Path, what: str, wait: bool) -> int:
+    """A descriptor of the file at ``path``, locked.
+
+    A holder may remove the lock file (a run that fails before writing anything removes what it
+    made): a process that was waiting then holds the lock of a file no longer at ``path``.  So once
+    locked, the file is compared with the one at ``path``, and on a mismatch the lock is taken again.
+    """
+    for _ in range(_REOPENS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # its folder was removed between the two calls
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            held = os.fstat(handle)
+            current = os.stat(path)
+        except BlockingIOError:
+            os.close(handle)
+            raise LockHeld(
+                f"{what} is in use by {read_holder(path).describe()}; wait for it to finish"
+            ) from None
+        except FileNotFoundError:
+            os.close(handle)
+            continue
+        except BaseException:
+            os.close(handle)
+            raise
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            return handle
+        os.close(handle)
+    raise OSError(f"the lock file was removed {_REOPENS} times while waiting for it")
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str], what: str, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on the file ``path`` (created, following the umask) for the ``with`` block.
@@ -70,14 +108,8 @@ def exclusive_lock(path: str | os.PathLike[str], what: str, wait: bool = False) 
     call blocks until the holder is done; without it, a held lock raises :class:`LockHeld` at once.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    handle = _open_locked(path, what, wait)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = read_holder(path)
-            raise LockHeld(f"{what} is in use by {holder.describe()}; wait for it to finish") from None
         _record_holder(handle)
         try:
             yield path

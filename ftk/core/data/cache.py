@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +38,6 @@ from ftk.core.locks import LockHeld, exclusive_lock, read_holder
 
 META_FILE = "ftk_meta.json"
 LOCKS = ".locks"
-_ATTEMPTS = 100  # locks of a file removed meanwhile before giving up (each removal is a failed run)
 
 T = TypeVar("T")
 
@@ -49,43 +47,21 @@ def lock_file(root: Path, key: str) -> Path:
     return root / LOCKS / f"{key}.lock"
 
 
-def _holds(path: Path) -> bool:
-    """Whether the lock file now at ``path`` is the one this process locked (it wrote itself into it)."""
-    holder = read_holder(path)
-    return holder.pid == os.getpid() and holder.host == socket.gethostname()
-
-
 @contextlib.contextmanager
 def entry_lock(path: Path, what: str) -> Iterator[Path]:
-    """Hold the lock file ``path``, waiting for its holder (and saying so) if it is taken.
-
-    A holder may remove the file (a failed first run removes the cache folder it made): a waiter
-    then gets the lock of a file no longer there, so it checks that the file at ``path`` is the one
-    it holds, and locks again if not.  Two processes therefore never both hold ``path``.
-    """
-    told = False
-    for _ in range(_ATTEMPTS):
-        with contextlib.ExitStack() as stack:
+    """Hold the lock file ``path``, waiting for its holder (and saying so) if it is taken."""
+    with contextlib.ExitStack() as stack:
+        try:
             try:
-                try:
-                    stack.enter_context(exclusive_lock(path, what, wait=False))
-                except LockHeld:
-                    if not told:
-                        say(
-                            f"note: {what} is being written by {read_holder(path).describe()}; waiting for it"
-                        )
-                        told = True
-                    stack.enter_context(exclusive_lock(path, what, wait=True))
-            except FileNotFoundError:  # its folder was removed meanwhile (a failed first run): again
-                continue
-            except OSError as exc:
-                raise FtkError(
-                    f"dataset_prepared_path: cannot create or lock {path}: {exc.strerror or exc}"
-                ) from exc
-            if _holds(path):
-                yield path
-                return
-    raise FtkError(f"dataset_prepared_path: cannot lock {path}: removed {_ATTEMPTS} times while waiting")
+                stack.enter_context(exclusive_lock(path, what, wait=False))
+            except LockHeld:
+                say(f"note: {what} is being written by {read_holder(path).describe()}; waiting for it")
+                stack.enter_context(exclusive_lock(path, what, wait=True))
+        except OSError as exc:
+            raise FtkError(
+                f"dataset_prepared_path: cannot create or lock {path}: {exc.strerror or exc}"
+            ) from exc
+        yield path
 
 
 def _remove(path: Path) -> None:
@@ -127,7 +103,7 @@ def _remove_new_root(root: Path, lock: Path) -> None:
     try:
         only_locks = [item.name for item in root.iterdir()] == [LOCKS]
         if only_locks and [item.name for item in lock.parent.iterdir()] == [lock.name]:
-            lock.unlink()  # safe while held: a process waiting on it locks again (entry_lock)
+            lock.unlink()  # safe while held: a process waiting on it locks again (ftk.core.locks)
             lock.parent.rmdir()
             root.rmdir()
     except OSError:  # another writer came meanwhile: its files stay, and so does the folder
