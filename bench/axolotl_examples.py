@@ -15,13 +15,15 @@ without the Hugging Face Hub:
 Every other key is kept as the config's author wrote it.  Each stage runs ``ftk`` as a user
 would (``ftk validate``, ``ftk preprocess``, ``ftk train --max_steps 2``), each config in its
 own process; a train that stops with ftk's clean machine error (a GPU-only setting on this CPU
-machine: exit 2, one line about the GPU) counts as ``machine``.  The output is one row per config
-and a table of the keys ftk rejected, with how many configs each blocks.
+machine, or an optional package it has not installed: exit 2, one line each, before any data
+work) counts as ``machine``.  Percent splits (``train[:1%]``) get enough local rows to select
+``--rows`` of them.  The output is one row per config and a table of the keys ftk rejected, with
+how many configs each blocks.
 
     python bench/axolotl_examples.py                               # validate + preprocess, all 191
     python bench/axolotl_examples.py --stages validate             # the key table only (fast)
     python bench/axolotl_examples.py --stages validate preprocess train --limit 20
-    python bench/axolotl_examples.py --json-out /tmp/axolotl.json
+    python bench/axolotl_examples.py --json-out /tmp/axolotl.json --jobs 2
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -74,8 +77,11 @@ HUB_FORMATS: dict[str, tuple[str, str]] = {
     "openaccess-ai-collective/jeopardy": ("jeopardy", ""),
 }
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
-#: What a clean machine error says (``ftk.core.machine``): the setting needs hardware this machine lacks.
-MACHINE_ERROR = re.compile(r"GPU|CUDA|bfloat16|this machine", re.IGNORECASE)
+#: What a clean machine error says (``ftk.core.machine``, the plugins' ``check_environment``): the
+#: setting needs hardware this machine lacks, or an optional package it has not installed.
+MACHINE_ERROR = re.compile(
+    r"GPU|CUDA|bfloat16|this machine|needs \w[\w-]*: pip install|not installed: pip install", re.IGNORECASE
+)
 #: ``cfg.yaml:12: datasets[0].type: ...`` -> the key path.
 ERROR_KEY = re.compile(r"^error: [^:]+:(?:\d+:)? ?([A-Za-z_][\w.\[\]]*)")
 
@@ -150,6 +156,16 @@ def dataset_format(entry: dict[str, Any]) -> tuple[str, str]:
     return ("sharegpt" if mapping.get("role") == "from" else "messages"), ""
 
 
+def rows_for_split(rows: int, split: Any) -> int:
+    """Rows to write so that a percent slice (``train[:1%]``) still selects about ``rows`` of them."""
+    match = re.fullmatch(r"\w+\[(-?\d+)?%?:(-?\d+)?%\]", str(split or ""))
+    if not match:
+        return rows
+    start, end = (int(part) if part else None for part in match.groups())
+    share = ((end if end is not None else 100) - (start or 0)) % 100 or 100
+    return min(20_000, -(-rows * 100 // share))
+
+
 def localize(config: dict[str, Any], model: Path, scratch: Path, rows: int) -> dict[str, Any]:
     """The config with the model, the data, the output and the cache made local (nothing else changed)."""
     config = dict(config)
@@ -168,7 +184,8 @@ def localize(config: dict[str, Any], model: Path, scratch: Path, rows: int) -> d
             entry = dict(entry)
             kind, column = dataset_format(entry)
             path = scratch / f"{key}-{index}.jsonl"
-            path.write_text("".join(json.dumps(row) + "\n" for row in local_rows(kind, column, entry, rows)))
+            count = rows_for_split(rows, entry.get("split"))
+            path.write_text("".join(json.dumps(row) + "\n" for row in local_rows(kind, column, entry, count)))
             entry["path"] = str(path)
             for hub_only in ("data_files", "name"):
                 entry.pop(hub_only, None)
@@ -286,22 +303,29 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N configs")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per stage")
     parser.add_argument("--json-out", type=Path, default=None, help="write every result here")
+    parser.add_argument("--jobs", type=int, default=1, help="configs checked at the same time")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         sys.exit(f"no model at {args.model}: build one with `ftk tiny-model {args.model}`")
     args.model = args.model.resolve()
     names = config_names(args.folder, args.list or None)[: args.limit]
-    results = []
-    for number, name in enumerate(names, 1):
+
+    def check(name: str) -> Result:
         scratch = Path(tempfile.mkdtemp(prefix="ftk-axolotl-"))
         try:
-            result = check_config(args.folder / name, name, args, scratch)
+            return check_config(args.folder / name, name, args, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        results.append(result)
-        stages = " ".join(f"{stage}={getattr(result, stage)}" for stage in args.stages)
-        first = f"  {result.errors[0][:150]}" if result.errors else ""
-        print(f"[{number}/{len(names)}] {name}: {stages} ({result.seconds} s){first}", flush=True)
+
+    results = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each stage is its own process
+        for number, result in enumerate(pool.map(check, names), 1):
+            results.append(result)
+            stages = " ".join(f"{stage}={getattr(result, stage)}" for stage in args.stages)
+            first = f"  {result.errors[0][:150]}" if result.errors else ""
+            print(
+                f"[{number}/{len(names)}] {result.config}: {stages} ({result.seconds} s){first}", flush=True
+            )
     print()
     print(f"{len(results)} configs from {args.folder}")
     print(summary_table(results, args.stages))

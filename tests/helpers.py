@@ -158,14 +158,14 @@ def line_of(path: Path, key: str) -> int:
     return next(n for n, line in enumerate(lines, 1) if line.lstrip(" -").startswith(f"{key}:"))
 
 
-def tiny_moe() -> Qwen3MoeForCausalLM:
-    """A one-layer Qwen3-MoE of 4 experts (top 2) over a 64-token vocabulary, at random weights."""
+def tiny_moe(layers: int = 1) -> Qwen3MoeForCausalLM:
+    """A Qwen3-MoE of ``layers`` layers of 4 experts (top 2) over a 64-token vocabulary, at random weights."""
     config = Qwen3MoeConfig(
         vocab_size=64,
         hidden_size=16,
         intermediate_size=32,
         moe_intermediate_size=8,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=8,

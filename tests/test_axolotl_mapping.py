@@ -1,8 +1,8 @@
-"""docs/axolotl.md tells the truth: each row of its tables is checked against the config loader.
+"""docs/axolotl.md tells the truth: each row of its example tables is checked against the config loader.
 
 - ``same``: the setting validates as written and the loaded config holds the value;
-- ``renamed to `key: value```: the axolotl spelling is rejected (naming the key) and the ftk one validates;
-- ``moved to the dataset entries``: rejected at the top level, accepted in a dataset entry;
+- ``mapped to `key: value```: the axolotl setting validates and the loaded config holds ``key: value``;
+- ``no-op``: the setting validates and leaves nothing in the loaded config;
 - ``not supported``: rejected, naming the key.
 """
 
@@ -22,7 +22,7 @@ from ftk.core.errors import FtkError
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "axolotl.md"
-SECTIONS = {"## Top-level keys": "top", "## Dataset keys": "dataset"}
+SECTIONS = {"### Top-level keys": "top", "### Dataset keys": "dataset"}
 
 # Keys some rows need beside them to form a valid config (added to accepted and rejected cases alike).
 COMPANIONS: dict[tuple[str, str], dict[str, Any]] = {
@@ -34,6 +34,11 @@ COMPANIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("top", "peft_use_rslora"): {"adapter": "lora"},
     ("top", "load_best_model_at_end"): {"eval_steps": 50, "save_steps": 100},
     ("top", "fsdp_version"): {"fsdp": {}},
+    ("top", "gradient_checkpointing_kwargs"): {"gradient_checkpointing": True},
+    ("top", "bnb_config_kwargs"): {"adapter": "qlora", "load_in_4bit": True},
+    ("top", "gradient_checkpointing"): {"fsdp_config": None},
+    ("top", "early_stopping_patience"): {"val_set_size": 0.1, "eval_steps": 10},
+    ("top", "lr_scheduler"): {},
     ("dataset", "field_instruction"): {"type": "alpaca"},
     ("dataset", "system_prompt"): {"type": "alpaca"},
 }
@@ -60,6 +65,8 @@ REQUIRED_DATASET = {
     "roles_to_train",
     "train_on_eos",
 }
+#: Settings the loader resolves for the machine it runs on (the value read is true or false).
+RESOLVED_PER_MACHINE = {("top", "bf16"), ("top", "tf32")}
 REQUIRED_OPTIMIZERS = {"adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit"}
 
 
@@ -95,7 +102,7 @@ def read_rows() -> list[Row]:
     rows: list[Row] = []
     where = None
     for number, line in enumerate(PAGE.read_text().splitlines(), start=1):
-        if line.startswith("## "):
+        if line.startswith("#"):
             where = next((w for heading, w in SECTIONS.items() if line.startswith(heading)), None)
             continue
         if where is None or not line.startswith("| `"):
@@ -146,8 +153,28 @@ def assert_accepted(tmp_path: Path, where: str, key: str, value: Any) -> None:
     assert error is None, f"{key}: {value!r} should validate:\n{error}"
     if isinstance(value, dict) or key in ("datasets", "test_datasets"):
         return  # sections are checked by their own plugins' tests; the key was accepted
+    if value == "auto" and (where, key) in RESOLVED_PER_MACHINE:
+        return
     holder = cfg if where == "top" else cfg.datasets[0]
     assert plain(getattr(holder, key)) == value, key
+
+
+def assert_mapped(
+    tmp_path: Path, where: str, key: str, value: Any, new_key: str | None, new_value: Any
+) -> None:
+    """``key: value`` validates, is gone from the loaded config, and ``new_key`` holds ``new_value``."""
+    data_file = tmp_path / "data.jsonl"
+    data_file.write_text('{"messages": []}\n')
+    cfg, error = try_load(tmp_path, config_data(where, key, value, data_file))
+    assert error is None, f"{key}: {value!r} should validate:\n{error}"
+    holder = cfg if where == "top" else cfg.datasets[0]
+    if key != new_key and key not in type(holder).model_fields:
+        assert key not in holder.model_dump(), key
+    if new_key is not None:
+        got = plain(getattr(holder, new_key))
+        if isinstance(new_value, dict) and isinstance(got, BaseModel):
+            got = {name: getattr(got, name) for name in new_value}  # the settings the row names
+        assert got == new_value, (key, new_key, got)
 
 
 def assert_rejected(tmp_path: Path, where: str, key: str, value: Any) -> None:
@@ -165,14 +192,11 @@ def test_row_matches_the_config_loader(row, tmp_path):
     verdict = row.verdict
     if verdict == "same":
         assert_accepted(tmp_path, row.where, row.key, row.value)
-    elif verdict.startswith("renamed to `"):
-        new_key, new_value = setting(re.fullmatch(r"renamed to (`[^`]+`)", verdict).group(1))
-        assert_rejected(tmp_path, row.where, row.key, row.value)
-        assert_accepted(tmp_path, row.where, new_key, new_value)
-    elif verdict == "moved to the dataset entries":
-        assert row.where == "top"
-        assert_rejected(tmp_path, "top", row.key, row.value)
-        assert_accepted(tmp_path, "dataset", row.key, row.value)
+    elif verdict.startswith("mapped to `"):
+        new_key, new_value = setting(re.fullmatch(r"mapped to (`[^`]+`)", verdict).group(1))
+        assert_mapped(tmp_path, row.where, row.key, row.value, new_key, new_value)
+    elif verdict == "no-op":
+        assert_mapped(tmp_path, row.where, row.key, row.value, None, None)
     elif verdict == "not supported":
         assert_rejected(tmp_path, row.where, row.key, row.value)
     else:
@@ -195,4 +219,4 @@ def test_table_parser_reads_escaped_pipes_and_every_verdict():
         "x",
     ]
     verdicts = {row.verdict.split(" `")[0] for row in ROWS}
-    assert verdicts == {"same", "renamed to", "moved to the dataset entries", "not supported"}
+    assert verdicts == {"same", "mapped to", "no-op", "not supported"}

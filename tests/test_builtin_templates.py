@@ -173,7 +173,7 @@ def test_renderings_match_the_reference(name):
 
 
 @cache
-def _family_tokenizer(model_dir: Path, name: str):
+def family_tokenizer(model_dir: Path, name: str):
     """The small-vocabulary tokenizer with the family's bos, eos and control tokens as special tokens."""
     from transformers import AutoTokenizer
 
@@ -205,7 +205,7 @@ def _trained_runs(out: dict) -> list[list[int]]:
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
 def test_masking_trains_each_reply_and_its_end_of_turn(small_vocab_model_dir, name):
-    tokenizer = _family_tokenizer(small_vocab_model_dir, name)
+    tokenizer = family_tokenizer(small_vocab_model_dir, name)
     chat = _chat(tokenizer, name)
     earlier, last = TRAINED[name]
     for key in TRAINING:
@@ -221,7 +221,7 @@ def test_masking_trains_each_reply_and_its_end_of_turn(small_vocab_model_dir, na
 
 
 def test_command_a_trains_the_end_of_turn_after_the_response_marker(small_vocab_model_dir):
-    tokenizer = _family_tokenizer(small_vocab_model_dir, "command_a")
+    tokenizer = family_tokenizer(small_vocab_model_dir, "command_a")
     chat = _chat(tokenizer, "command_a")
     # <|END_RESPONSE|> comes first after a reply, but the turn ends at <|END_OF_TURN_TOKEN|>.
     assert list(chat.eot_ids) == ["<|END_OF_TURN_TOKEN|>"]
@@ -230,7 +230,7 @@ def test_command_a_trains_the_end_of_turn_after_the_response_marker(small_vocab_
 
 @pytest.mark.parametrize("name", ["gemma3", "llama4", "command_a", "mistral_v7_tekken", "phi_35"])
 def test_text_only_templates_name_themselves_when_given_tool_calls(small_vocab_model_dir, name):
-    chat = _chat(_family_tokenizer(small_vocab_model_dir, name), name)
+    chat = _chat(family_tokenizer(small_vocab_model_dir, name), name)
     call = {"type": "function", "function": {"name": "f", "arguments": {}}}
     row = {
         "messages": [
@@ -247,10 +247,10 @@ def test_text_only_templates_name_themselves_when_given_tool_calls(small_vocab_m
 
 
 def test_tokenizer_default_fallback_uses_the_tokenizer_template_when_there_is_one(small_vocab_model_dir):
-    tokenizer = _family_tokenizer(small_vocab_model_dir, "chatml")
+    tokenizer = family_tokenizer(small_vocab_model_dir, "chatml")
     own = tokenizer.chat_template
     assert own and resolve_chat_template("tokenizer_default_fallback_llama3", None, tokenizer) == own
-    bare = _family_tokenizer(small_vocab_model_dir, "llama3")
+    bare = family_tokenizer(small_vocab_model_dir, "llama3")
     bare.chat_template = None
     assert (
         resolve_chat_template("tokenizer_default_fallback_llama3", None, bare) == BUILTIN_TEMPLATES["llama3"]
@@ -261,7 +261,7 @@ def test_only_the_templates_that_write_reasoning_get_it_split_off(small_vocab_mo
     # ftk hands a reply's <think> block to the template as reasoning only when the template reads
     # reasoning; a template that does not (Gemma 4, Phi-4's system message mentions "thinking")
     # must keep it in the content, or it would be lost.
-    tokenizer = _family_tokenizer(small_vocab_model_dir, "chatml")
+    tokenizer = family_tokenizer(small_vocab_model_dir, "chatml")
     reading = {name for name in BUILTIN_TEMPLATES if _chat(tokenizer, name).renders_reasoning}
     assert reading == {"exaone4", "qwen3", "qwen3_5"}
 

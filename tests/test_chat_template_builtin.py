@@ -17,6 +17,9 @@ X = -100
 NL, NL2 = 198, 271  # "\n", "\n\n"
 SYSTEM, USER, ASSISTANT, MODEL = 8948, 872, 77091, 2528  # the role words
 KIND = [2610, 525, 3093, 13]  # "You are kind."
+# "You are kind.\n\n": the system message merges with the template's "\n\n" (".\n\n" is one token),
+# as the tokenizer merges them in the whole rendered text.
+KIND_NL2 = [2610, 525, 3093, 382]
 HI = [13048]  # "Hi"
 HELLO = [9707, 1052]  # "Hello there"
 BYE = [1359, 68]  # "Bye"
@@ -111,19 +114,19 @@ EXPECTED = {
         + [THINK, NL2, END_THINK, NL2, *BYE, IM_END, X],
     ),
     "mistral": (
-        [BOS_S, INST, *KIND, NL2, *HI, END_INST, *HELLO, EOS_S] + [INST, *BYE, END_INST, *BYE, EOS_S],
-        masked([BOS_S, INST, *KIND, NL2, *HI, END_INST])
+        [BOS_S, INST, *KIND_NL2, *HI, END_INST, *HELLO, EOS_S] + [INST, *BYE, END_INST, *BYE, EOS_S],
+        masked([BOS_S, INST, *KIND_NL2, *HI, END_INST])
         + [*HELLO, EOS_S]
         + masked([INST, *BYE, END_INST])
         + [*BYE, EOS_S],
     ),
     # Gemma has no system role: the system message opens the first user turn.
     "gemma": (
-        [BOS_G, SOT, USER, NL, *KIND, NL2, *HI, EOT_G, NL]
+        [BOS_G, SOT, USER, NL, *KIND_NL2, *HI, EOT_G, NL]
         + [SOT, MODEL, NL, *HELLO, EOT_G, NL]
         + [SOT, USER, NL, *BYE, EOT_G, NL]
         + [SOT, MODEL, NL, *BYE, EOT_G, NL],
-        masked([BOS_G, SOT, USER, NL, *KIND, NL2, *HI, EOT_G, NL])
+        masked([BOS_G, SOT, USER, NL, *KIND_NL2, *HI, EOT_G, NL])
         + masked([SOT, MODEL, NL])
         + [*HELLO, EOT_G, X]
         + masked([SOT, USER, NL, *BYE, EOT_G, NL])

@@ -85,6 +85,7 @@ PRESET_EXPECTED = {
     "zero3": (3, False, False),
     "zero2_offload": (2, True, False),
     "zero3_offload": (3, True, True),
+    "zero3_offload_params": (3, False, True),
 }
 
 
@@ -113,7 +114,7 @@ def test_preset_json(name):
     # accelerate reads the same stage and offload from it.
     seen = HfDeepSpeedConfig(config)
     assert seen.is_zero3() is (stage == 3)
-    assert seen.is_offload() is optimizer_offloaded
+    assert seen.is_offload() is (optimizer_offloaded or params_offloaded)
     deepspeed_configs.check_config(config, name)
 
 
@@ -196,21 +197,21 @@ def test_unusable_json_is_reported_at_validate(tmp_path, capsys, content, messag
     ("extra", "key", "message"),
     [
         (
-            "fsdp: [full_shard, auto_wrap]",
+            "fsdp: [no_shard, auto_wrap]",
             "fsdp",
-            "fsdp: a list of FSDP1 options (full_shard, auto_wrap, offload) is not supported",
+            "fsdp[0]: no_shard cannot be kept under FSDP2",
         ),
-        ("fsdp_version: 1", "fsdp_version", "fsdp_version: ftk supports FSDP version 2 only"),
-        ("fsdp:\n  fsdp_version: 1", "fsdp_version", "fsdp.fsdp_version: ftk supports FSDP version 2 only"),
+        ("fsdp_version: 3", "fsdp_version", "fsdp_version: ftk supports FSDP version 2 only"),
+        ("fsdp:\n  fsdp_version: 3", "fsdp_version", "fsdp.fsdp_version: ftk supports FSDP version 2 only"),
         (
             "fsdp:\n  ofload_params: true",
             "ofload_params",
             "fsdp.ofload_params: unknown key (did you mean 'offload_params'?)",
         ),
         (
-            "fsdp_config:\n  fsdp_sharding_strategy: FULL_SHARD",
-            None,
-            "fsdp_config: fsdp_sharding_strategy is an FSDP1 setting and ftk runs FSDP2: use reshard_after_forward",
+            "fsdp_config:\n  fsdp_sharding_strategy: HYBRID_SHARD",
+            "fsdp_sharding_strategy",
+            "fsdp_config.fsdp_sharding_strategy: HYBRID_SHARD cannot be kept under FSDP2",
         ),
         (
             "fsdp:\n  auto_wrap_policy: SIZE_BASED_WRAP",
@@ -226,11 +227,6 @@ def test_unusable_json_is_reported_at_validate(tmp_path, capsys, content, messag
             "fsdp:\n  min_num_params: 1000",
             None,
             "min_num_params is only used with auto_wrap_policy: SIZE_BASED_WRAP",
-        ),
-        (
-            "fsdp:\n  cpu_ram_efficient_loading: true",
-            "cpu_ram_efficient_loading",
-            "fsdp.cpu_ram_efficient_loading: not available: ftk loads the whole base model",
         ),
         (
             "fsdp:\n  state_dict_type: LOCAL_STATE_DICT",

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from ftk.core.plugins import FtkPluginManager
-from ftk.reference import CONFIG_REFERENCE, HOOK_REFERENCE, config_reference, hook_reference
+from ftk.reference import (
+    AXOLOTL_PAGE,
+    CONFIG_REFERENCE,
+    HOOK_REFERENCE,
+    axolotl_page,
+    config_reference,
+    hook_reference,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
@@ -23,6 +30,11 @@ def builtin_manager() -> FtkPluginManager:
 def test_config_reference_is_up_to_date():
     committed = (REPO / "docs" / CONFIG_REFERENCE).read_text()
     assert committed == config_reference(builtin_manager()), "run: python -m ftk.reference docs"
+
+
+def test_axolotl_key_table_is_up_to_date():
+    page = (REPO / "docs" / AXOLOTL_PAGE).read_text()
+    assert page == axolotl_page(page, builtin_manager()), "run: python -m ftk.reference docs"
 
 
 def test_hook_reference_is_up_to_date():

@@ -50,12 +50,21 @@ def test_builtins_load_in_order_with_their_hooks():
     builtins = [info for info in manager.infos.values() if info.source == "built-in"]
     assert [info.name for info in builtins] == list(BUILTIN_PLUGINS)
     assert manager.infos["lora"].hooks == [
+        "check_environment",
         "config_problems",
         "register_adapters",
         "register_commands",
         "register_config_sections",
     ]
-    assert manager.infos["hf_model"].hooks == ["load_model", "load_tokenizer"]
+    assert manager.infos["hf_model"].hooks == [
+        "check_environment",
+        "config_problems",
+        "load_model",
+        "load_tokenizer",
+        "post_model_load",
+        "register_config_sections",
+        "training_arguments",
+    ]
     assert manager.infos["loss"].hooks == ["compute_loss", "register_config_sections"]
 
 

@@ -379,7 +379,7 @@ def test_lora_trains_on_an_int8_weight_only_base(tmp_path, tiny_model_dir, capsy
         tmp_path, "adapter: lora\nlora_target_linear: true\nquantization:\n  method: int8_weight_only\n"
     )
     torch.manual_seed(0)
-    model = lora.apply_adapter(cfg=cfg, model=quantized_base(cfg, tiny_model_dir))
+    model = lora.apply_lora(cfg, quantized_base(cfg, tiny_model_dir))
     assert "quantization: torchao int8_weight_only; base model " in capsys.readouterr().err
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj).__name__ == "TorchaoLoraLinear" and isinstance(q_proj.base_layer.weight, Int8Tensor)

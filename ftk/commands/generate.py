@@ -4,7 +4,8 @@ Which model: the training output in ``output_dir`` by default (an adapter on ``b
 full weights), a directory given with ``--adapter``/``--model``, or ``--base``.  The prompt is
 wrapped as a user message (after an optional system message) in the chat template the chat
 datasets were tokenized with (the first ``chat_template`` dataset's settings: its template,
-``chat_template_kwargs`` and ``default_system_message``), ending with the generation prompt;
+``chat_template_kwargs`` and ``default_system_message``, each from the top level when the dataset
+does not set it), ending with the generation prompt;
 ``--raw`` feeds the text as it is (after the bos token, for tokenizers that add one), for a
 plain completion.
 
@@ -33,6 +34,7 @@ from ftk.core.errors import FtkError
 from ftk.core.lifecycle import prepare
 from ftk.core.model import load_inference_tokenizer
 from ftk.core.plugins import FtkPluginManager
+from ftk.prompt_strategies.chat_defaults import with_top_level_defaults
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids
 
@@ -108,8 +110,8 @@ def chat_settings(cfg: FtkConfig) -> ChatTemplateOptions:
     """The options of the first ``chat_template`` dataset (defaults when there is none)."""
     for dataset in [*cfg.datasets, *cfg.test_datasets]:
         if dataset.type == "chat_template" and isinstance(dataset.options, ChatTemplateOptions):
-            return dataset.options
-    return ChatTemplateOptions.model_validate({})
+            return with_top_level_defaults(dataset.options, cfg)
+    return with_top_level_defaults(ChatTemplateOptions.model_validate({}), cfg)
 
 
 def chat_formatter(cfg: FtkConfig, tokenizer: PreTrainedTokenizerBase) -> ChatTemplateTokenizer:

@@ -216,7 +216,9 @@ def _train_in(
         args=training_arguments(cfg, has_eval=data.eval is not None, hooks=hooks),
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=PaddingCollator(pad_token_id=tokenizer.pad_token_id),  # unpacked batches
+        data_collator=PaddingCollator(  # unpacked batches
+            pad_token_id=tokenizer.pad_token_id, pad_to_length=cfg.padded_length
+        ),
         processing_class=tokenizer,
         callbacks=callbacks,
         cfg=cfg,

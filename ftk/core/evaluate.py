@@ -65,11 +65,12 @@ def eval_dataloader(
         return DataLoader(
             PackedDataset(dataset),
             batch_sampler=sampler,
-            collate_fn=PackingCollator(pad_token_id=pad_token_id),
+            collate_fn=PackingCollator(pad_token_id=pad_token_id, pad_to_length=cfg.padded_length),
         )
     if world_size > 1:
         dataset = _rank_share(dataset, rank, world_size)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PaddingCollator(pad_token_id))
+    collate = PaddingCollator(pad_token_id, pad_to_length=cfg.padded_length)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
 def _rank_share(dataset: Any, rank: int, world_size: int) -> Any:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+    from ftk.core.config.rewrite import ConfigRewrite
     from ftk.core.config.schema import FtkConfig
     from ftk.core.data.pipeline import PreparedData
     from ftk.core.lm import LossOutput
@@ -29,6 +30,10 @@ class Hooks:
 
     def __init__(self, relay: pluggy.HookRelay) -> None:
         self._relay = relay
+
+    def rewrite_config(self, rewrite: ConfigRewrite) -> None:
+        """Let every plugin rewrite the raw config data in ``rewrite`` before validation."""
+        self._relay.rewrite_config(rewrite=rewrite)
 
     def config_problems(self, cfg: FtkConfig) -> list[Problem]:
         """Every plugin's problems with ``cfg`` as (key path, message)."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+    from ftk.core.config.rewrite import ConfigRewrite
     from ftk.core.config.schema import FtkConfig
     from ftk.core.data.pipeline import PreparedData
     from ftk.core.lm import LossOutput
@@ -77,6 +78,16 @@ def register_commands(register: Register) -> None:
 
 
 # --- checking a config --------------------------------------------------------------------
+
+
+@hookspec
+def rewrite_config(rewrite: ConfigRewrite) -> None:
+    """Rewrite a config's raw data before validation: rename, set or drop keys with a note,
+    report problems, or defer a decision on a key no plugin may define (``ConfigRewrite``).
+
+    Called before the modules of the config's ``plugins:`` list are imported (so a rewrite may
+    change that list), for every config ftk reads: another trainer's vocabulary is translated here.
+    """
 
 
 @hookspec

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ftk.core.config.loader import ConfigErrors, read_config
 from ftk.core.config.paths import path_problems
-from ftk.core.errors import FtkError
+from ftk.core.errors import FtkError, say
 from ftk.core.machine import machine_problems
 
 if TYPE_CHECKING:
@@ -73,6 +73,9 @@ def prepare(
     leaves unchecked is in ``Prepared.notes``.
     """
     cfg, manager, source = read_config(config, overrides, manager=manager, run_config_code=run_config_code)
+    if purpose != "validate":  # ftk validate lists them with its other notes
+        for line in source.rewrite_notes:
+            say(f"note: {line}")
     config_dir = source.path.parent
     paths = ConfigErrors(source)
     for loc, message in path_problems(cfg, config_dir, purpose):
@@ -88,4 +91,5 @@ def prepare(
         lines += str(exc).splitlines()
     if lines and machine_problems_are_errors:
         raise FtkError("\n".join(lines))
-    return Prepared(cfg, manager, "\n".join(lines) if lines else None, source.notes, source.unchecked)
+    notes = [*source.rewrite_notes, *source.notes]
+    return Prepared(cfg, manager, "\n".join(lines) if lines else None, notes, source.unchecked)

@@ -39,6 +39,42 @@ def bf16_problem() -> str | None:
     )
 
 
+def tf32_problem() -> str | None:
+    """Why transformers would refuse ``tf32: true`` here (it needs an Ampere or newer NVIDIA GPU), or None."""
+    from transformers.utils import is_torch_tf32_available
+
+    if is_torch_tf32_available():
+        return None
+    return "TF32 needs an Ampere or newer NVIDIA GPU and this machine has none; set tf32: false (or auto)"
+
+
+def resolve_auto_precision(cfg: FtkConfig, explicit_fp16: bool) -> list[tuple[tuple[str, ...], str]]:
+    """Turn ``bf16: auto`` and ``tf32: auto`` into true or false for this machine; returns notes.
+
+    ``bf16: auto`` is bfloat16 where it trains here; otherwise float16 on a CUDA GPU (unless the
+    config sets ``fp16`` itself) and float32 without one.  ``tf32: auto`` is on where the GPU has TF32.
+    """
+    notes: list[tuple[tuple[str, ...], str]] = []
+    if cfg.bf16 == "auto":
+        if cfg.fp16:
+            cfg.bf16 = False
+        elif bf16_problem() is None:
+            cfg.bf16 = True
+            notes.append((("bf16",), "auto: bfloat16 (supported here)"))
+        else:
+            import torch
+
+            cfg.bf16 = False
+            if torch.cuda.is_available() and not explicit_fp16:
+                cfg.fp16 = True
+                notes.append((("bf16",), "auto: float16 (this GPU has no bfloat16)"))
+            else:
+                notes.append((("bf16",), "auto: float32 (no GPU with bfloat16 here)"))
+    if cfg.tf32 == "auto":
+        cfg.tf32 = tf32_problem() is None
+    return notes
+
+
 def hub_problem(key: str, value: str, config_dir: Path) -> str | None:
     """Why the Hub id ``value`` cannot be loaded while the Hub is offline (not in the cache), or None."""
     if Path(value).exists() or looks_like_path(value, config_dir) or not is_hub_id(value):
@@ -62,6 +98,8 @@ def attention_problem(implementation: str) -> str | None:
     transformers needs a CUDA GPU and either the ``flash-attn`` package or the ``kernels`` package
     with the Hub reachable (it then fetches a prebuilt kernel); it finds out only while loading.
     """
+    if "/" in implementation:
+        return hub_kernel_problem(implementation)
     if implementation != "flash_attention_2":
         return None
     import importlib.util
@@ -82,6 +120,25 @@ def attention_problem(implementation: str) -> str | None:
     )
 
 
+def hub_kernel_problem(kernel: str) -> str | None:
+    """Why transformers cannot load the Hub attention kernel ``kernel`` here, or None.
+
+    It needs the ``kernels`` package, the Hub (or its cache) and a GPU the kernel was built for.
+    """
+    import importlib.util
+
+    import torch
+    from huggingface_hub import constants
+
+    if not torch.cuda.is_available():
+        return f"the Hub kernel {kernel} needs a CUDA GPU and this machine has none; use sdpa (or leave it unset)"
+    if importlib.util.find_spec("kernels") is None:
+        return f"the Hub kernel {kernel} needs the kernels package: pip install kernels"
+    if constants.is_offline_mode():
+        return f"the Hub kernel {kernel} is fetched from the Hub, which is offline (HF_HUB_OFFLINE); use sdpa"
+    return None
+
+
 def machine_problems(cfg: FtkConfig, config_dir: Path, purpose: str) -> list[Problem]:
     """The core's problems with this machine for ``cfg`` and a command of ``purpose``, as (key path, message)."""
     from ftk.core.lifecycle import TRAINING
@@ -100,4 +157,8 @@ def machine_problems(cfg: FtkConfig, config_dir: Path, purpose: str) -> list[Pro
         problem = bf16_problem()
         if problem is not None:
             problems.append((("bf16",), problem))
+    if purpose in TRAINING and cfg.tf32:
+        problem = tf32_problem()
+        if problem is not None:
+            problems.append((("tf32",), problem))
     return problems

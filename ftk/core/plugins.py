@@ -40,6 +40,7 @@ ENTRY_POINT_GROUP = "ftk.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "hf_model",
     "lora",
+    "freeze",
     "optimizers",
     "loss",
     "prompt_strategies",
@@ -49,11 +50,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "run_report",
     "advisor",
     "profiling",
+    "run_schedule",
     "quantization",
+    "qat",
     "deepspeed",
     "fsdp",
     "liger",
     "tiny_model",
+    "axolotl_compat",
 )
 
 

@@ -194,7 +194,10 @@ class FtkTrainer(StagedCheckpointTrainer):
         return EpochDataLoader(
             PackedDataset(self.train_dataset),
             batch_sampler=sampler,
-            collate_fn=PackingCollator(pad_token_id=self.processing_class.pad_token_id),  # type: ignore[union-attr]
+            collate_fn=PackingCollator(
+                pad_token_id=self.processing_class.pad_token_id,  # type: ignore[union-attr]
+                pad_to_length=self.cfg.padded_length,
+            ),
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )

@@ -1,14 +1,19 @@
 """Built-in plugin: DeepSpeed ZeRO through transformers' Trainer, the top-level ``deepspeed:`` key.
 
-``deepspeed:`` is a preset (``zero1``, ``zero2``, ``zero3``, ``zero2_offload``, ``zero3_offload``) or
-the path of a DeepSpeed JSON file.  ``ftk validate`` checks it without DeepSpeed installed; before
-a run the plugin checks the JSON against ftk's own keys, the machine (DeepSpeed, a GPU) and ZeRO-3
-against quantized loading, then hands the config to ``TrainingArguments(deepspeed=...)``
-(``docs/scaling.md``).
+``deepspeed:`` is a preset (``zero1``, ``zero2``, ``zero3``, ``zero2_offload``, ``zero3_offload``,
+``zero3_offload_params``) or the path of a DeepSpeed JSON file.  ``ftk validate`` checks it without
+DeepSpeed installed; before a run the plugin checks the JSON against ftk's own keys, the machine
+(DeepSpeed, a GPU) and ZeRO-3 against quantized loading, then hands the config to
+``TrainingArguments(deepspeed=...)`` (``docs/scaling.md``).
+
+An axolotl config names one of axolotl's own files (``deepspeed: deepspeed_configs/zero3_bf16.json``);
+where that file is not there, the preset with the same ZeRO stage and offload replaces it, with a note.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import RootModel, field_validator
@@ -25,6 +30,7 @@ from ftk.integrations.deepspeed_configs import DeepSpeedConfigError
 if TYPE_CHECKING:
     from transformers import Trainer
 
+    from ftk.core.config.rewrite import ConfigRewrite
     from ftk.core.data.pipeline import PreparedData
     from ftk.core.registry import Register
 
@@ -125,7 +131,7 @@ def config_problems(cfg: FtkConfig, processes: int | None = None) -> list[Proble
         )
     if (
         "optimizer" not in config
-        and deepspeed_configs.offloaded(config)
+        and "optimizer" in deepspeed_configs.offloaded(config)
         and cfg.optimizer in GPU_ONLY_OPTIMIZERS
     ):
         problems.append(
@@ -151,6 +157,59 @@ def config_problems(cfg: FtkConfig, processes: int | None = None) -> list[Proble
 def _flag(cfg: FtkConfig, key: str) -> bool:
     """Whether another plugin's top-level boolean key is set and true (False when it is not loaded)."""
     return getattr(cfg, key, None) is True
+
+
+# --- axolotl's bundled files ------------------------------------------------------------------
+
+
+def _exists(value: str, config_dir: Path) -> bool:
+    """Whether ``value`` names a file, read from the working directory or from ``config_dir``."""
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    return path.is_file() or (not path.is_absolute() and (config_dir / path).is_file())
+
+
+def axolotl_preset(value: str, bf16: Any) -> tuple[str, str]:
+    """The preset that replaces ``deepspeed: value``, one of axolotl's files, and the note saying so.
+
+    ``bf16`` is the config's ``bf16`` as written.  Raises ``DeepSpeedConfigError`` where no preset
+    keeps the file's meaning.
+    """
+    name = Path(value).name
+    if name in deepspeed_configs.AXOLOTL_UNMATCHED:
+        nearest, what = deepspeed_configs.AXOLOTL_UNMATCHED[name]
+        raise DeepSpeedConfigError(
+            f"{value}: file not found; axolotl's {name} ({what}) has no ftk preset, since ftk does not "
+            f"drive DeepSpeed's compile: use deepspeed: {nearest}, or the path of a copy of that file"
+        )
+    preset, what, needs_bf16 = deepspeed_configs.AXOLOTL_FILES[name]
+    if needs_bf16 and bf16 not in (True, "auto"):
+        shown = "not set" if bf16 is None else str(bf16).lower() if isinstance(bf16, bool) else repr(bf16)
+        raise DeepSpeedConfigError(
+            f"{value}: axolotl's {name} trains in bf16 but bf16 is {shown}; "
+            f"set bf16: true (or auto), or use deepspeed: {preset} (precision from bf16/fp16)"
+        )
+    precision = ", precision from bf16" if needs_bf16 else ""
+    return preset, f"{value} is not here: ftk's preset {preset} replaces axolotl's {name} ({what}{precision})"
+
+
+@hookimpl
+def rewrite_config(rewrite: ConfigRewrite) -> None:
+    """``deepspeed:`` naming one of axolotl's bundled files that is not there: the equivalent preset."""
+    value = rewrite.data.get(SECTION)
+    if not isinstance(value, str) or Path(value).parent.name != "deepspeed_configs":
+        return
+    name = Path(value).name
+    if name not in deepspeed_configs.AXOLOTL_FILES and name not in deepspeed_configs.AXOLOTL_UNMATCHED:
+        return
+    if _exists(value, rewrite.source.path.parent):
+        return
+    try:
+        preset, note = axolotl_preset(value, rewrite.data.get("bf16"))
+    except DeepSpeedConfigError as exc:
+        rewrite.problem((SECTION,), str(exc))
+        rewrite.drop((SECTION,))
+        return
+    rewrite.set((SECTION,), preset, note=note)
 
 
 # --- starting a run ----------------------------------------------------------------------------

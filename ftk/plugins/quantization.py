@@ -20,7 +20,7 @@ from ftk.core.config.schema import FtkConfig, StrictModel
 from ftk.core.errors import FtkError, say
 from ftk.core.hookspecs import hookimpl
 from ftk.core.lifecycle import CONFIGURED_MODEL
-from ftk.integrations import bnb, torchao
+from ftk.integrations import bnb, bnb_experts, torchao
 
 if TYPE_CHECKING:
     from ftk.core.registry import Register
@@ -62,6 +62,12 @@ class BnbSettings(StrictModel):
         description="dtype the packed 4-bit weights are stored as (default uint8). FSDP and ZeRO-3 shard "
         "one dtype: set it to the model's (bfloat16 with bf16).",
     )
+    quantize_moe_experts: bool | None = Field(
+        None,
+        description="With load_in_4bit: also quantize the fused MoE expert weights (3-D parameters, which "
+        "load_in_4bit leaves in full precision) to 4 bits, with bnb_4bit_quant_type and "
+        "bnb_4bit_use_double_quant; LoRA reaches them through lora_target_parameters.",
+    )
 
 
 class QuantizationConfig(StrictModel):
@@ -79,6 +85,7 @@ class QuantizationConfig(StrictModel):
 
 
 BNB_4BIT_KEYS = tuple(key for key in BnbSettings.model_fields if key.startswith("bnb_4bit_"))
+EXPERTS_KEY = "quantize_moe_experts"
 
 
 def value(cfg: FtkConfig, key: str) -> Any:
@@ -102,6 +109,7 @@ class Quantization:
     compute_dtype: str = "float32"
     quant_storage: str | None = None
     method: str | None = None  # torchao
+    experts: bool = False  # bitsandbytes 4-bit: the fused MoE expert weights too
 
     def describe(self) -> str:
         """One line, e.g. ``bitsandbytes 4-bit nf4, double quant, compute bfloat16``."""
@@ -115,6 +123,8 @@ class Quantization:
         parts.append(f"compute {self.compute_dtype}")
         if self.quant_storage is not None:
             parts.append(f"storage {self.quant_storage}")
+        if self.experts:
+            parts.append("MoE experts too")
         return ", ".join(parts)
 
 
@@ -134,6 +144,17 @@ def problems(cfg: FtkConfig) -> list[tuple[str, str]]:
             for key in BNB_4BIT_KEYS
             if value(cfg, key) is not None
         ]
+    if value(cfg, EXPERTS_KEY) and not four:
+        found.append((EXPERTS_KEY, "quantizes the MoE experts to 4 bits and needs load_in_4bit: true"))
+    storage = value(cfg, "bnb_4bit_quant_storage")
+    if value(cfg, EXPERTS_KEY) and four and storage not in (None, "uint8"):
+        found.append(
+            (
+                "bnb_4bit_quant_storage",
+                f"{storage} cannot apply with quantize_moe_experts: true, which packs the expert "
+                "weights as uint8; remove one of the two keys",
+            )
+        )
     if cfg.adapter == "qlora" and not four:
         found.append(
             (
@@ -175,6 +196,7 @@ def resolve(cfg: FtkConfig) -> Quantization | None:
         double_quant=True if double_quant is None else double_quant,
         compute_dtype=value(cfg, "bnb_4bit_compute_dtype") or precision,
         quant_storage=value(cfg, "bnb_4bit_quant_storage"),
+        experts=bool(value(cfg, EXPERTS_KEY)),
     )
 
 
@@ -277,10 +299,37 @@ def post_model_load(cfg: FtkConfig, model: Any, purpose: str) -> None:
     if quant.backend == "bitsandbytes":
         from peft import prepare_model_for_kbit_training
 
+        if value(cfg, EXPERTS_KEY):  # first: the next step casts half precision to float32
+            _quantize_experts(cfg, model, quant, purpose)
         # Gradient checkpointing is left to the trainer and the adapter plugin.
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     size = model.get_memory_footprint() / 2**20
     say(f"quantization: {quant.describe()}; base model {size:,.1f} MiB")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB" if count >= 2**20 else f"{count / 2**10:,.1f} KiB"
+
+
+def _quantize_experts(cfg: FtkConfig, model: Any, quant: Quantization, purpose: str) -> None:
+    """``quantize_moe_experts``: pack the fused expert weights to 4 bits; an FtkError when there are none."""
+    done = bnb_experts.quantize_experts(model, quant.quant_type, quant.double_quant)
+    if not done.names:
+        raise FtkError(
+            f"{EXPERTS_KEY}: {type(model).__name__} has no fused expert weights (3-D parameters of "
+            "experts modules) to quantize; load_in_4bit already quantizes linear layers, experts "
+            f"stored as nn.Linear included: remove {EXPERTS_KEY}"
+        )
+    double = ", double quant" if quant.double_quant else ""
+    say(
+        f"quantization: {len(done.names)} fused expert weights to 4-bit {quant.quant_type}{double}: "
+        f"{_size(done.bytes_before)} -> {_size(done.bytes_after)}"
+    )
+    if purpose == "train" and not cfg.gradient_checkpointing:
+        say(
+            f"quantization: note: {EXPERTS_KEY} without gradient_checkpointing: each MoE layer's "
+            "experts, read back at full precision, stay in memory from its forward to its backward"
+        )
 
 
 @hookimpl

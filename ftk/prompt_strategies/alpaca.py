@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel, TemplateTextOrPath
 from ftk.core.lm import IGNORE_INDEX
+from ftk.prompt_strategies.chat_defaults import with_top_level_defaults
 from ftk.prompt_strategies.chat_template import ChatTemplateOptions, ChatTemplateTokenizer
 from ftk.prompt_strategies.completion import leading_special_ids, required_eos_id, text_field
 from ftk.prompt_strategies.fields import required_text
@@ -52,8 +53,8 @@ PREAMBLE_NO_INPUT = (
 )
 
 
-class AlpacaOptions(StrictModel):
-    """Dataset keys understood by ``type: alpaca``."""
+class AlpacaColumns(StrictModel):
+    """The columns of Alpaca rows and their system prompt (``alpaca`` and its ``alpaca:<style>`` forms)."""
 
     field_instruction: str = Field("instruction", description="Column holding the instruction.")
     field_input: str = Field("input", description="Column holding the optional input (context).")
@@ -64,6 +65,11 @@ class AlpacaOptions(StrictModel):
     system_prompt: str | None = Field(
         None, description="System prompt for every row; in the alpaca style it replaces the preamble."
     )
+
+
+class AlpacaOptions(AlpacaColumns):
+    """Dataset keys understood by ``type: alpaca``."""
+
     prompt_style: Literal["alpaca", "chat_template"] = Field(
         "alpaca", description="Render the Alpaca layout, or a conversation through a chat template."
     )
@@ -84,7 +90,7 @@ class AlpacaOptions(StrictModel):
         return value
 
 
-def read_row(row: dict[str, Any], options: AlpacaOptions) -> tuple[str | None, str, str, str]:
+def read_row(row: dict[str, Any], options: AlpacaColumns) -> tuple[str | None, str, str, str]:
     """``(system, instruction, input, output)`` of a row; input is "" when absent, system None when unset."""
     instruction = required_text(row, options.field_instruction, "field_instruction")
     output = required_text(row, options.field_output, "field_output")
@@ -139,6 +145,11 @@ class AlpacaChatTokenizer:
         self.options = options
         chat_options = ChatTemplateOptions(
             chat_template=options.chat_template, chat_template_jinja=options.chat_template_jinja
+        )
+        # The top-level eot_tokens and chat_template_kwargs apply (default_system_message does not:
+        # the row's system column or system_prompt is the system turn).
+        chat_options = with_top_level_defaults(chat_options, cfg).model_copy(
+            update={"default_system_message": None}
         )
         self.chat = ChatTemplateTokenizer(chat_options, tokenizer, cfg)
 

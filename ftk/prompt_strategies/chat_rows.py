@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     from ftk.prompt_strategies.chat_template import ChatTemplateOptions
 
 CANONICAL_ROLES = ("system", "user", "assistant", "tool")
+#: Names read as roles when the dataset has no ``roles:`` mapping (axolotl's defaults: ShareGPT's).
+DEFAULT_ROLE_ALIASES = {"human": "user", "gpt": "assistant"}
 #: Message properties passed to the template besides role and content (mappable by name).
 MESSAGE_PROPERTIES = ("reasoning_content", "tool_calls", "name", "tool_call_id")
 #: Names a message's reasoning may have, as transformers reads them.
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 REASONING = "reasoning_content"
+#: Names under which every message's reasoning goes to the template (and is tracked there).
+TRACKED_REASONING_KEYS = (None, "reasoning_content", "thinking")
 
 
 def known_roles_to_train(value: list[str], info: ValidationInfo) -> list[str]:
@@ -35,6 +39,11 @@ def known_roles_to_train(value: list[str], info: ValidationInfo) -> list[str]:
     name such as ``gpt``) would silently train nothing.
     """
     mapping: dict[str, list[str]] = info.data.get("roles") or {}
+    if info.data.get("roles") is None:
+        mapping = {
+            role: [alias for alias, to in DEFAULT_ROLE_ALIASES.items() if to == role]
+            for role in CANONICAL_ROLES
+        }
     known = list(dict.fromkeys([*CANONICAL_ROLES, *mapping]))
     for role in value:
         if role in known:
@@ -48,8 +57,44 @@ def known_roles_to_train(value: list[str], info: ValidationInfo) -> list[str]:
     return value
 
 
+#: axolotl's older dataset keys and the message property each names.
+LEGACY_MESSAGE_FIELDS = {"message_field_role": "role", "message_field_content": "content"}
+
+
+def merge_message_fields(data: Any) -> Any:
+    """Before-validator of the options: the older names and ``field_thinking`` into the mapping.
+
+    ``message_field_role: from`` is ``message_property_mappings: {role: from}`` (and likewise
+    ``message_field_content``); ``field_thinking: x`` is ``{reasoning_content: x}``.  Both forms
+    naming different keys is an error.
+    """
+    if not isinstance(data, dict):
+        return data
+    given = data.get("message_property_mappings")
+    if given is not None and not isinstance(given, dict):
+        return data  # the field's own validation reports it
+    mapping = dict(given or {})
+    merged = False
+    for key, prop in (*LEGACY_MESSAGE_FIELDS.items(), ("field_thinking", REASONING)):
+        value = data.get(key)
+        if not isinstance(value, str):
+            continue
+        if prop in mapping and mapping[prop] != value:
+            text = (
+                f"{key}: {value!r} conflicts with message_property_mappings.{prop}: {mapping[prop]!r} "
+                f"(both name the message key of the {prop}; keep one)"
+            )
+            raise PydanticCustomError("conflicting_fields", "{text}", {"text": text})
+        mapping[prop] = value
+        merged = True
+    return {**data, "message_property_mappings": mapping} if merged else data
+
+
 def _role_lookup(options: ChatTemplateOptions) -> dict[str, str]:
+    """Role name in the data -> canonical role: ``roles:`` when given, else ShareGPT's names too."""
     lookup = {role: role for role in CANONICAL_ROLES}
+    if options.roles is None:
+        lookup.update(DEFAULT_ROLE_ALIASES)
     for canonical, aliases in (options.roles or {}).items():
         for alias in aliases:
             lookup[alias] = canonical
@@ -103,6 +148,9 @@ class MessageReader:
         self.role_key = mapping.get("role", "role")
         self.content_key = mapping.get("content", "content")
         self.reasoning_keys = (mapping[REASONING],) if REASONING in mapping else REASONING_KEYS
+        # The template reads reasoning as reasoning_content and thinking; another name is added.
+        thinking_key = options.template_thinking_key
+        self.template_thinking_key = thinking_key if thinking_key not in TRACKED_REASONING_KEYS else None
         others = [prop for prop in mapping if prop not in ("role", "content", REASONING)]
         properties = [prop for prop in MESSAGE_PROPERTIES if prop != REASONING]
         self.properties = [(prop, mapping.get(prop, prop)) for prop in dict.fromkeys(properties + others)]
@@ -174,6 +222,8 @@ class MessageReader:
                 if not isinstance(reasoning, str):
                     raise RowError(f"{where}.{key}: must be text, got {type(reasoning).__name__}")
                 result[REASONING] = reasoning
+                if self.template_thinking_key is not None:
+                    result[self.template_thinking_key] = reasoning
                 break
         for prop, key in self.properties:
             value = message.get(key)

@@ -2,7 +2,9 @@
 
 The conversation is rendered once with every message text tracked through the template
 (``ftk.integrations.chat_template_spans``); message texts are tokenized as plain text (a user
-cannot forge a turn), template text with its control tokens. A trained message is trained from
+cannot forge a turn), template text with its control tokens, each message text together with the
+template text around it that has the same training, so the ids are the tokenizer's own for that
+text (``ftk.prompt_strategies.chat_runs``). A trained message is trained from
 where the template's generation prompt ends up to and including its end-of-turn token, which is
 ``eot_tokens`` or what the template itself ends an assistant turn with (found by rendering a
 probe conversation). Tools, tool calls and reasoning are handed to the template; rows are read
@@ -18,19 +20,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from jinja2 import TemplateError
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ftk.core.config.schema import DatasetConfig, FtkConfig, StrictModel, TemplateTextOrPath
 from ftk.core.errors import FtkError, RowError
 from ftk.core.lm import IGNORE_INDEX
 from ftk.integrations.chat_template_spans import DATA_FIELDS, compile_tracking_template, render_tracked
+from ftk.prompt_strategies.chat_defaults import with_top_level_defaults
 from ftk.prompt_strategies.chat_rows import (
     REASONING,
     REASONING_KEYS,
     MessageReader,
     known_roles_to_train,
+    merge_message_fields,
     read_tools,
 )
+from ftk.prompt_strategies.chat_runs import RunPlan, attribute, chunk_text, plan_runs, unit_starts
 from ftk.prompt_strategies.templates import builtin_end_of_turn, known_template_name, resolve_chat_template
 
 if TYPE_CHECKING:
@@ -65,8 +70,34 @@ class ChatTemplateOptions(StrictModel):
             "tool_calls, name, tool_call_id, ...), e.g. {role: from, content: value}."
         ),
     )
+    message_field_role: str | None = Field(
+        None,
+        description="Older name of message_property_mappings.role (axolotl's): the message key of the role.",
+    )
+    message_field_content: str | None = Field(
+        None,
+        description="Older name of message_property_mappings.content (axolotl's): the message key of the text.",
+    )
+    field_thinking: str | None = Field(
+        None,
+        description=(
+            "Message key holding the reasoning (message_property_mappings.reasoning_content); "
+            "default: reasoning_content, thinking or reasoning, whichever a message has."
+        ),
+    )
+    template_thinking_key: str | None = Field(
+        None,
+        description=(
+            "Name under which the template reads a message's reasoning; reasoning_content and thinking "
+            "are always given, another name (e.g. reasoning) is added."
+        ),
+    )
     roles: dict[str, list[str]] | None = Field(
-        None, description="Role names in the data for each canonical role, e.g. {user: [human]}."
+        None,
+        description=(
+            "Role names in the data for each canonical role, e.g. {user: [human]}; "
+            "default: human is user and gpt is assistant."
+        ),
     )
     roles_to_train: list[str] = Field(
         default_factory=lambda: ["assistant"], description="Roles whose messages are trained."
@@ -101,6 +132,7 @@ class ChatTemplateOptions(StrictModel):
 
     _known_template = field_validator("chat_template")(known_template_name)
     _known_roles = field_validator("roles_to_train")(known_roles_to_train)
+    _merge_fields = model_validator(mode="before")(merge_message_fields)
 
 
 class Chunk(NamedTuple):
@@ -108,7 +140,9 @@ class Chunk(NamedTuple):
 
     ``kind`` is ``template``, ``eot``, ``content``, ``reasoning_content`` or ``data`` (data holding
     a control-token string, tokenized as text); ``message`` is the owning message, -1 for
-    template text.
+    template text.  ``ids`` are the tokens that start in ``text``: a token that merges the end of
+    one chunk with the start of the next (as the tokenizer merges the whole text) is listed once,
+    with the chunk it starts in.
     """
 
     kind: str
@@ -334,6 +368,20 @@ class ChatTemplateTokenizer:
             if before != as_text:
                 backend.encode_special_tokens = before
 
+    def _batch_offsets(self, texts: list[str], as_text: bool) -> list[list[tuple[int, int]]]:
+        """Character ``(start, end)`` of each token of ``texts``, tokenized as ``_batch_ids`` does."""
+        backend = self._backend
+        if backend is None or backend.truncation is not None or backend.padding is not None:
+            return self.tokenizer(
+                texts, add_special_tokens=False, split_special_tokens=as_text, return_offsets_mapping=True
+            )["offset_mapping"]
+        before = backend.encode_special_tokens
+        backend.encode_special_tokens = as_text
+        try:
+            return [encoding.offsets for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = before
+
     def _scaffold_ids(self, texts: list[str]) -> None:
         """Tokenize template texts (control tokens recognised) into the cache."""
         cache = self._scaffold_cache
@@ -514,29 +562,67 @@ class ChatTemplateTokenizer:
     def _assemble(
         self, items: list[tuple], texts: list[str], record: list[Chunk] | None
     ) -> tuple[list[int], list[int]]:
-        """Tokenize the chunks and join them into ``(input_ids, labels)``."""
-        self._scaffold_ids([item[1] for item in items if item[0] == "t"])
-        text_ids = self._batch_ids(texts, as_text=True) if texts else []
+        """Tokenize the chunks in runs and join them into ``(input_ids, labels)``.
+
+        Chunks with the same training and no end of turn between them are tokenized as one text,
+        so that template text and message text merge exactly as in the tokenizer's own encoding
+        of the rendered text; training starts and stops at run boundaries, so the prompt before a
+        trained reply gets the ids the tokenizer gives the prompt and the reply those of its own
+        text (what a model generating after the prompt produces). ``ftk.prompt_strategies.chat_runs``
+        has the rules, and what happens to a message text holding a control-token string.
+        """
+        plan = plan_runs(items, texts, self._control_re)
+        self._scaffold_ids(plan.scaffold)
         cache = self._scaffold_cache
+        encoded = {
+            "w": self._batch_ids(plan.whole, as_text=False) if plan.whole else [],
+            "p": self._batch_ids(plan.plain, as_text=True) if plan.plain else [],
+        }
         train_all = self.train_on_inputs
         input_ids: list[int] = []
         labels: list[int] = []
-        for item in items:
-            tag = item[0]
-            if tag == "t":
-                ids = cache[item[1]]
-            elif tag == "c":
-                ids = text_ids[item[1]]
-            else:
-                ids = [item[1]]
-            trained = item[2] or train_all
-            input_ids.extend(ids)
-            labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
-            if record is not None:
-                kind = {"t": "template", "e": "eot"}.get(tag) or item[4]
-                text = item[1] if tag == "t" else texts[item[1]] if tag == "c" else self._token_text(item[1])
-                record.append(Chunk(kind, item[3], text, list(ids), trained))
+        for trained, _, units in plan.runs:
+            trained = trained or train_all
+            for kind, value, _ in units:
+                ids = cache[value] if kind == "s" else [value] if kind == "i" else encoded[kind][value]
+                input_ids.extend(ids)
+                labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
+        if record is not None:
+            self._record(items, texts, plan, encoded, record)
         return input_ids, labels
+
+    def _record(
+        self,
+        items: list[tuple],
+        texts: list[str],
+        plan: RunPlan,
+        encoded: dict[str, list[list[int]]],
+        record: list[Chunk],
+    ) -> None:
+        """Append to ``record`` one ``Chunk`` per chunk, each with the tokens that start in its text."""
+        owned: list[list[int]] = [[] for _ in items]
+        offsets = {
+            "w": self._batch_offsets(plan.whole, as_text=False) if plan.whole else [],
+            "p": self._batch_offsets(plan.plain, as_text=True) if plan.plain else [],
+        }
+        for _, members, units in plan.runs:
+            for unit in units:
+                kind, value, _ = unit
+                starts = unit_starts(unit, members, items, texts)
+                if kind == "i":
+                    owned[starts[0][1]].append(value)
+                    continue
+                if kind == "s":
+                    ids, spans = self._scaffold_cache[value], self._batch_offsets([value], as_text=False)[0]
+                else:
+                    ids, spans = encoded[kind][value], offsets[kind][value]
+                for token, index in zip(ids, attribute(spans, starts), strict=True):
+                    owned[index].append(token)
+        for item, ids in zip(items, owned, strict=True):
+            tag = item[0]
+            kind = {"t": "template", "e": "eot"}.get(tag) or item[4]
+            text = self._token_text(item[1]) if tag == "e" else chunk_text(item, texts)
+            record.append(Chunk(kind, item[3], text, ids, item[2] or self.train_on_inputs))
 
 
 class _Anchors:
@@ -581,4 +667,4 @@ def build(
     options = dataset.options
     if not isinstance(options, ChatTemplateOptions):
         options = ChatTemplateOptions()
-    return ChatTemplateTokenizer(options, tokenizer, cfg)
+    return ChatTemplateTokenizer(with_top_level_defaults(options, cfg), tokenizer, cfg)

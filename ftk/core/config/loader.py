@@ -17,6 +17,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from ftk.core.config.rewrite import ConfigRewrite
 from ftk.core.config.schema import DatasetConfig, FtkConfig
 from ftk.core.config.source import ConfigSource, Loc, apply_overrides, parse_overrides, read_config_file
 from ftk.core.config.strategies import check_strategy_source, resolve_strategy
@@ -25,15 +26,6 @@ from ftk.core.plugins import FtkPluginManager, create_plugin_manager
 from ftk.core.registry import Registry, Section
 
 DATASET_LIST_KEYS = ("datasets", "test_datasets")
-
-
-#: axolotl keys that ftk spells differently; the error names ftk's key instead of a near miss.
-AXOLOTL_RENAMES: dict[str, str] = {
-    "cosine_min_lr_ratio": "min_lr_ratio",
-    "auto_resume_from_checkpoints": "auto_resume",
-    "flash_attention": "attn_implementation",
-    "sdp_attention": "attn_implementation",
-}
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -65,9 +57,11 @@ def _unwrap(annotation: Any) -> Any:
 class ConfigErrors:
     """Collects problems with their key paths and renders them against the config source."""
 
-    def __init__(self, source: ConfigSource) -> None:
+    def __init__(self, source: ConfigSource, explained: dict[Loc, str] | None = None) -> None:
         self.source = source
         self.problems: list[tuple[Loc, str]] = []
+        #: Messages for keys a rewrite recognised but no plugin defines (instead of "unknown key").
+        self.explained = explained or {}
 
     def add(self, loc: Loc, message: str) -> None:
         self.problems.append((tuple(loc), message))
@@ -87,10 +81,8 @@ class ConfigErrors:
                 continue
             kind = item["type"]
             if kind == "extra_forbidden":
-                if len(loc) == 1 and loc[0] in AXOLOTL_RENAMES:
-                    self.add(
-                        loc, f"unknown key (ftk calls it '{AXOLOTL_RENAMES[loc[0]]}'; see docs/axolotl.md)"
-                    )
+                if loc in self.explained:
+                    self.add(loc, self.explained[loc])
                     continue
                 holder = _model_at(root, item["loc"][:-1])
                 candidates = list(holder.model_fields) if holder is not None else []
@@ -277,7 +269,8 @@ def _validate_dataset_options(
             continue
         if strategy.options_model is None:
             for key in extras:
-                errors.add((*loc, key), f"unknown key for strategy {type_name!r}" + suggest(key, common))
+                message = f"unknown key for strategy {type_name!r}" + suggest(key, common)
+                errors.add((*loc, key), errors.explained.get((*loc, key), message))
             continue
         try:
             options_by_index[index] = strategy.options_model.model_validate(extras)
@@ -328,7 +321,7 @@ def _set_aside_plugin_keys(
     known = set(model.model_fields)
     kept = {}
     for key, value in data.items():
-        if key in known or key in AXOLOTL_RENAMES:  # an axolotl name stays an error
+        if key in known:
             kept[key] = value
             continue
         hint = suggest(key, sorted(known))
@@ -339,20 +332,74 @@ def _set_aside_plugin_keys(
     return kept
 
 
+def drop_nulls(data: dict[str, Any], model: type[BaseModel]) -> None:
+    """A key set to null means "not set": remove such keys the schema defines (top level and in
+    dataset entries), so their defaults apply.  A null under a key nobody defines stays, so that
+    a misspelt key is still reported."""
+    for key in [key for key, value in data.items() if value is None]:
+        info = model.model_fields.get(key)
+        if info is not None and not info.is_required():
+            del data[key]
+    for list_key in DATASET_LIST_KEYS:
+        entries = data.get(list_key)
+        if isinstance(entries, list):
+            for entry in entries:
+                if isinstance(entry, dict):
+                    for key in [key for key, value in entry.items() if value is None and key != "path"]:
+                        del entry[key]
+
+
+def config_keys(model: type[BaseModel]) -> set[str]:
+    """The top-level keys ``model`` accepts: its field names and their aliases."""
+    keys = set(model.model_fields)
+    for info in model.model_fields.values():
+        keys |= {alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str)}
+    return keys
+
+
+def _dataset_keys(data: dict[str, Any], registry: Registry) -> dict[tuple[str, int], set[str]]:
+    """The keys each dataset entry may hold: the common ones and its strategy's options."""
+    known: dict[tuple[str, int], set[str]] = {}
+    for list_key in DATASET_LIST_KEYS:
+        entries = data.get(list_key)
+        if not isinstance(entries, list):
+            continue
+        for index, raw in enumerate(entries):
+            keys = set(DatasetConfig.model_fields)
+            if isinstance(raw, dict):
+                type_name = str(raw.get("type", DatasetConfig.model_fields["type"].default))
+                strategy = registry.strategies.get(type_name)
+                if strategy is not None and strategy.options_model is not None:
+                    keys |= set(strategy.options_model.model_fields)
+            known[(list_key, index)] = keys
+    return known
+
+
 def validate_config(
-    source: ConfigSource, manager: FtkPluginManager, run_config_code: bool = True
+    source: ConfigSource,
+    manager: FtkPluginManager,
+    run_config_code: bool = True,
+    rewrite: ConfigRewrite | None = None,
 ) -> FtkConfig:
     """Validate raw config data against the schema, plugin sections and strategy options.
 
-    ``run_config_code=False``: the config's own code is checked from its source (see the module's
-    docstring); what it leaves unchecked is listed in ``source.notes``.
+    ``rewrite``: what the ``rewrite_config`` hooks did (their problems are reported with the
+    others, their deferred decisions are settled here).  ``run_config_code=False``: the config's
+    own code is checked from its source (see the module's docstring); what it leaves unchecked is
+    listed in ``source.notes``.
     """
     registry = manager.collect_registrations()
     model = build_config_model(registry.sections)
-    errors = ConfigErrors(source)
+    data = source.data
+    drop_nulls(data, model)
+    if rewrite is not None:
+        rewrite.settle(config_keys(model), _dataset_keys(data, registry))
+        source.rewrite_notes = rewrite.note_lines()
+    errors = ConfigErrors(source, rewrite.explained_if_unknown if rewrite is not None else None)
+    for loc, message in rewrite.problems if rewrite is not None else []:
+        errors.add(loc, message)
     notes = None if run_config_code else ConfigErrors(source)
     unimported = list(manager.unimported) if notes is not None else []
-    data = source.data
     if notes is not None and unimported:
         data = _set_aside_plugin_keys(data, model, notes, unimported)
     options = {
@@ -367,6 +414,10 @@ def validate_config(
         errors.add_validation_error(exc, model)
         errors.raise_if_any()
         raise AssertionError("unreachable") from exc
+    from ftk.core.machine import resolve_auto_precision
+
+    for loc, message in resolve_auto_precision(cfg, explicit_fp16="fp16" in data):
+        source.rewrite_notes.append(f"{source.where(loc)}: {format_loc(loc)}: {message}")
     choices = _choice_problems(cfg, registry)
     if notes is not None and unimported:
         for loc, message in choices:
@@ -393,12 +444,30 @@ def validate_config(
     return cfg
 
 
+def rewrite_config(source: ConfigSource, manager: FtkPluginManager) -> ConfigRewrite:
+    """Run the plugins' ``rewrite_config`` hooks on ``source``'s data (changed in place)."""
+    registry = manager.collect_registrations()
+    known = frozenset(config_keys(build_config_model(registry.sections)))
+    rewrite = ConfigRewrite(source, known_keys=known)
+    manager.hooks.rewrite_config(rewrite)
+    return rewrite
+
+
 def config_from_data(
     data: dict[str, Any], manager: FtkPluginManager | None = None, name: str = "<config>"
 ) -> FtkConfig:
     """Validate config data built in Python (no file) against the built-ins and ``manager``'s plugins."""
     source = ConfigSource(Path(name), dict(data))
-    return validate_config(source, manager or create_plugin_manager(source.data.get("plugins", [])))
+    if manager is None:
+        rewrite = rewrite_config(source, create_plugin_manager())
+        plugins = source.data.get("plugins") or []
+        if rewrite.handled_plugins:
+            plugins = [p for i, p in enumerate(plugins) if i not in rewrite.handled_plugins]
+            source.data["plugins"] = plugins
+        manager = create_plugin_manager(plugins)
+    else:
+        rewrite = rewrite_config(source, manager)
+    return validate_config(source, manager, rewrite=rewrite)
 
 
 def load_config(
@@ -425,18 +494,23 @@ def read_config(
     source = read_config_file(path)
     if overrides:
         apply_overrides(source, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
-    plugins = source.data.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise FtkError(f"{source.where(('plugins',))}: plugins: must be a list of module names")
     if manager is None:
         manager = create_plugin_manager()
+    rewrite = rewrite_config(source, manager)
+    plugins = source.data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise FtkError(f"{source.where(('plugins',))}: plugins: must be a list of module names")
     load = manager.load_config_plugins if run_config_code else manager.check_config_plugins
     for index, plugin in enumerate(plugins):
+        if index in rewrite.handled_plugins:
+            continue
         try:
             load([plugin])
-        except FtkError as exc:
-            raise FtkError(f"{source.where(('plugins', index))}: plugins[{index}]: {exc}") from exc
-    return validate_config(source, manager, run_config_code), manager, source
+        except FtkError as exc:  # reported with the config's other problems
+            rewrite.problem(("plugins", index), str(exc))
+    if rewrite.handled_plugins:
+        source.data["plugins"] = [p for i, p in enumerate(plugins) if i not in rewrite.handled_plugins]
+    return validate_config(source, manager, run_config_code, rewrite), manager, source
 
 
 def dump_config(cfg: FtkConfig) -> dict[str, Any]:
@@ -445,8 +519,10 @@ def dump_config(cfg: FtkConfig) -> dict[str, Any]:
     Plugin keys the config leaves unset (None) are left out, so the file also loads where those
     plugins are not installed.
     """
-    data = cfg.model_dump(mode="json")
-    for name in set(type(cfg).model_fields) - set(FtkConfig.model_fields):
-        if data.get(name) is None:
-            del data[name]
+    data = cfg.model_dump(mode="json", by_alias=True)
+    fields = type(cfg).model_fields
+    for name in set(fields) - set(FtkConfig.model_fields):
+        key = fields[name].serialization_alias or name
+        if data.get(key) is None:
+            data.pop(key, None)
     return data

@@ -13,6 +13,11 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
+#: The attention backends transformers has built in (``attn_implementation``).
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+#: An attention kernel on the Hub, as transformers takes it: ``org/name`` or ``org/name:function``.
+HUB_KERNEL = re.compile(r"[\w.-]+/[\w.-]+(?::\w+)?")
+
 #: ``$NAME`` or ``${NAME}`` in a path.
 _VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
 
@@ -104,6 +109,16 @@ class DatasetConfig(BaseModel):
         return self._options
 
 
+#: Plugin keys that also schedule saves or evaluations (``load_best_model_at_end`` is checked there).
+PLUGIN_SCHEDULE_KEYS = (
+    "saves_per_epoch",
+    "evals_per_epoch",
+    "save_strategy",
+    "eval_strategy",
+    "evaluation_strategy",
+)
+
+
 class FtkConfig(StrictModel):
     """A whole run. Field names follow axolotl's so that configs carry over."""
 
@@ -116,8 +131,10 @@ class FtkConfig(StrictModel):
         None, min_length=1, description="Load the tokenizer from here instead (a Hub name or a directory)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository.")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = Field(
-        None, description="Attention backend; None lets transformers choose."
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention backend: eager, sdpa, flash_attention_2, flex_attention, or a kernel on the "
+        "Hub ('kernels-community/flash-attn3', through the kernels package); None lets transformers choose.",
     )
     special_tokens: SpecialTokens | None = Field(None, description="Special-token overrides.")
     tokens: list[str] = Field(default_factory=list, description="New (non-special) tokens to add.")
@@ -162,6 +179,11 @@ class FtkConfig(StrictModel):
     eval_sample_packing: bool | None = Field(
         None, description="Pack eval data too (default: as sample_packing)."
     )
+    pad_to_sequence_len: bool = Field(
+        False,
+        description="Pad every batch to sequence_len (fixed shapes: steady memory from the first step, "
+        "fewer recompilations with torch_compile); default: pad to the longest row, a multiple of 8.",
+    )
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens, not only on responses.")
     val_set_size: float = Field(
         0.0,
@@ -191,9 +213,16 @@ class FtkConfig(StrictModel):
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 disables).")
 
     # --- precision and memory ---
-    bf16: bool = Field(False, description="Train in bfloat16 mixed precision.")
+    bf16: bool | Literal["auto"] = Field(
+        False,
+        description="Train in bfloat16 mixed precision; 'auto': where the GPU supports it, else float16 "
+        "on a GPU (unless fp16: false) and float32 without one (resolved when the config is read).",
+    )
     fp16: bool = Field(False, description="Train in float16 mixed precision.")
-    tf32: bool = Field(False, description="Allow TF32 matmuls on Ampere or newer GPUs.")
+    tf32: bool | Literal["auto"] = Field(
+        False,
+        description="Allow TF32 matmuls (needs an Ampere or newer NVIDIA GPU); 'auto': where the GPU has them.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
 
     # --- output, eval, logging ---
@@ -235,6 +264,17 @@ class FtkConfig(StrictModel):
             return [] if value == "none" else [value]
         return value
 
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_backend_or_hub_kernel(cls, value: str | None) -> str | None:
+        if value is None or value in ATTENTION_BACKENDS or HUB_KERNEL.fullmatch(value):
+            return value
+        raise PydanticCustomError(
+            "attn_implementation",
+            "must be one of {backends} or a Hub kernel 'org/name'",
+            {"backends": ", ".join(ATTENTION_BACKENDS)},
+        )
+
     @field_validator("val_set_size")
     @classmethod
     def _share_or_count(cls, value: float) -> float:
@@ -256,7 +296,13 @@ class FtkConfig(StrictModel):
             problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
         if self.resume_from_checkpoint and self.auto_resume:
             problems.append((("auto_resume",), "set either resume_from_checkpoint or auto_resume, not both"))
-        if self.load_best_model_at_end and not (self.eval_steps and self.save_steps):
+        # saves_per_epoch, save_strategy, ... (the run_schedule plugin's keys) are checked by that plugin
+        scheduled_by_plugin = any(getattr(self, key, None) is not None for key in PLUGIN_SCHEDULE_KEYS)
+        if (
+            self.load_best_model_at_end
+            and not scheduled_by_plugin
+            and not (self.eval_steps and self.save_steps)
+        ):
             problems.append(
                 (("load_best_model_at_end",), "needs eval_steps and save_steps (checkpoints to choose from)")
             )
@@ -272,6 +318,11 @@ class FtkConfig(StrictModel):
         if self.test_datasets and self.val_set_size:
             problems.append((("val_set_size",), "set either val_set_size or test_datasets, not both"))
         return problems
+
+    @property
+    def padded_length(self) -> int | None:
+        """The length every batch is padded to when ``pad_to_sequence_len`` is on, else None."""
+        return self.sequence_len if self.pad_to_sequence_len else None
 
     @property
     def packs_eval(self) -> bool:

@@ -34,6 +34,8 @@ class ConfigSource:
     notes: list[str] = field(default_factory=list)
     #: The top-level keys set aside unchecked (keys only the config's plugins could define).
     unchecked: dict[str, Any] = field(default_factory=dict)
+    #: What ``rewrite_config`` hooks changed, as ``file:line: key: note`` (shown to the user).
+    rewrite_notes: list[str] = field(default_factory=list)
 
     def where(self, loc: Loc) -> str:
         """``file:line`` (or ``command line``) for the key path ``loc`` or its closest known parent."""

@@ -35,7 +35,7 @@ AXOLOTL_TYPES = {
         "type: chat_template with field_messages: conversations, "
         "message_property_mappings: {role: from, content: value} and roles: {user: [human], assistant: [gpt]}"
     ),
-    "alpaca_chat": "type: alpaca with prompt_style: chat_template",
+    "alpaca_chat": "type: alpaca_chat or alpaca:chat; its load_* variants are not built in",
 }
 DOCS = "docs/datasets.md#your-own-format-type-mypkgmodulefunction"
 CALL = "(dataset, tokenizer, cfg)"

@@ -16,9 +16,12 @@ class PaddingCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = 8
+    #: Pad every batch to at least this many tokens (``pad_to_sequence_len``: fixed shapes).
+    pad_to_length: int | None = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(example["input_ids"]) for example in examples)
+        longest = max(longest, self.pad_to_length or 0)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = {

@@ -129,10 +129,12 @@ class PackingCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = 8
+    #: Pad every batch to at least this many tokens (``pad_to_sequence_len``: fixed shapes).
+    pad_to_length: int | None = None
 
     def __call__(self, batch: list[list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         rows = [self._pack(examples) for examples in batch]
-        longest = max(len(ids) for ids, _, _ in rows)
+        longest = max(max(len(ids) for ids, _, _ in rows), self.pad_to_length or 0)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids, labels, positions = [], [], []

@@ -105,10 +105,11 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def strategy_fingerprint(strategy: Strategy) -> str:
-    """Digest of the source file that defines the strategy's build function (its code, as edited).
+    """Digest of the source of the strategy's code, as edited: every module of the package that
+    defines its build function (so the helper modules a strategy is spread over count too), or
+    that function's file alone when it is a top-level module.
 
-    A strategy spread over several modules is covered only through the file of its ``build``; a
-    strategy with no readable source (compiled, or defined interactively) gets its name only.
+    A strategy with no readable source (compiled, or defined interactively) gets its name only.
     """
     try:
         path = inspect.getsourcefile(inspect.unwrap(strategy.build))
@@ -116,7 +117,24 @@ def strategy_fingerprint(strategy: Strategy) -> str:
         path = None
     if path is None or not Path(path).is_file():
         return f"{strategy.name}:no-source"
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    source = Path(path)
+    files = sorted(source.parent.rglob("*.py")) if (source.parent / "__init__.py").is_file() else [source]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(source.parent)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def plugin_data_keys(cfg: FtkConfig) -> list[str]:
+    """Top-level plugin keys that change the prepared data: fields of flat sections marked
+    ``json_schema_extra={"changes_data": True}`` (such as the chat_template defaults)."""
+    return [
+        name
+        for model in type(cfg).flat_sections.values()
+        for name, info in model.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("changes_data")
+    ]
 
 
 def cache_key(
@@ -133,7 +151,7 @@ def cache_key(
         "test_datasets": [dataset.model_dump(mode="json") for dataset in cfg.test_datasets],
         "sources": source_digests,
         "tokenizer": tokenizer_digest,
-        "keys": {key: getattr(cfg, key) for key in DATA_KEYS},
+        "keys": {key: getattr(cfg, key) for key in (*DATA_KEYS, *plugin_data_keys(cfg))},
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

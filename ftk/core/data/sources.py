@@ -2,13 +2,20 @@
 
 Local files are checked before ``datasets`` reads them, and a file it cannot read is read again to
 name the wrong line (``ftk.core.data.file_checks``).
+
+``split`` takes ``datasets``' split syntax for every source: a name (``train``), a slice of one
+(``train[:20%]``, ``train[10:100]``, ``train[-5%:]``) or several joined with ``+``.  A local file is
+the split ``train``; a folder and a saved ``datasets`` directory have the splits they hold.  Rows
+of a slice are still named by their line (or number) in the whole source.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
+from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,6 +168,50 @@ def _text(cache_dir: Path | None) -> str | None:
     return None if cache_dir is None else str(cache_dir)
 
 
+#: ``(path, split)`` of a sliced local source -> ``[(first row in the selection, its row in the
+#: source), ...]``, recorded when it is loaded, so that messages name rows as in the whole source.
+_SLICES: dict[tuple[str, str], list[tuple[int, int]]] = {}
+
+
+def _split_names(split: str) -> list[str]:
+    """The split names of a split expression (``train[:10%]+test`` -> ``[train, test]``)."""
+    return [re.split(r"[\[(]", part, maxsplit=1)[0].strip() for part in split.split("+")]
+
+
+def select_split(splits: dict[str, Dataset], dataset: DatasetConfig, where: str) -> Dataset:
+    """The rows ``dataset.split`` selects from ``splits`` (name -> rows), in ``datasets``' syntax.
+
+    An expression ``datasets`` cannot read, a split the source does not have and a selection with
+    no rows are errors naming ``where.split``.
+    """
+    split = dataset.split
+    try:
+        instruction = datasets.ReadInstruction.from_spec(split)
+    except (ValueError, AssertionError) as exc:
+        raise FtkError(
+            f"{where}.split: {split!r} is neither a split name nor a slice of one "
+            f"(e.g. train, train[:20%], train[10:100], train[-5%:]): {exc}"
+        ) from None
+    missing = [name for name in _split_names(split) if name not in splits]
+    if missing:
+        raise FtkError(f"{where}.split: {missing[0]!r} not in {dataset.path!r} (has {', '.join(splits)})")
+    parts, pieces, selected = [], [], 0
+    for part in instruction.to_absolute({name: len(rows) for name, rows in splits.items()}):
+        rows = splits[part.splitname]
+        if part.from_ == 0 and part.to == len(rows):
+            parts.append(rows)
+        else:
+            parts.append(rows.select(range(part.from_, part.to)))
+        pieces.append((selected, part.from_))
+        selected += max(part.to - part.from_, 0)
+    if selected == 0:
+        sizes = ", ".join(f"{name}: {len(rows)}" for name, rows in splits.items())
+        raise FtkError(f"{where}.split: {split!r} selects no rows of {dataset.path!r} (rows: {sizes})")
+    if pieces != [(0, 0)]:
+        _SLICES[(dataset.path, split)] = pieces
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 def load_source(dataset: DatasetConfig, where: str, cache_dir: Path | None = None) -> Dataset:
     """The raw rows of one ``datasets:`` entry; ``where`` (e.g. ``datasets[0]``) prefixes errors.
 
@@ -177,17 +228,14 @@ def load_source(dataset: DatasetConfig, where: str, cache_dir: Path | None = Non
 
 def _load(path: Path, dataset: DatasetConfig, where: str, cache_dir: Path | None = None) -> Dataset:
     if path.is_file():
-        return _load_file(path, dataset.path, _builder_for(path, dataset, where), cache_dir)
+        rows = _load_file(path, dataset.path, _builder_for(path, dataset, where), cache_dir)
+        return select_split({"train": rows}, dataset, where)
     try:
         if path.is_dir() and _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, DatasetDict):
-                if dataset.split not in loaded:
-                    raise FtkError(
-                        f"{where}.split: {dataset.split!r} not in {str(path)!r} (has {', '.join(loaded)})"
-                    )
-                return loaded[dataset.split]
-            return loaded
+                return select_split(dict(loaded), dataset, where)
+            return select_split({"train": loaded}, dataset, where)
         if not path.is_dir() and (
             path.suffix.lower() in EXTENSION_BUILDERS or dataset.path.startswith((".", "/", "~"))
         ):
@@ -196,13 +244,16 @@ def _load(path: Path, dataset: DatasetConfig, where: str, cache_dir: Path | None
             _check_json_nesting(path)
         # A data folder and a Hub dataset name take the same road: datasets resolves both.
         with _quiet_loaders():
-            return datasets.load_dataset(
+            loaded = datasets.load_dataset(
                 str(path) if path.is_dir() else dataset.path,
                 name=dataset.name,
                 data_files=dataset.data_files,
-                split=dataset.split,
+                split=None if path.is_dir() else dataset.split,
                 cache_dir=_text(cache_dir) if path.is_dir() else None,
             )
+        if isinstance(loaded, DatasetDict):  # a folder: its splits, as datasets names them
+            return select_split(dict(loaded), dataset, where)
+        return loaded
     except FtkError:
         raise
     except Exception as exc:  # datasets raises many types; all mean "this source cannot be read"
@@ -230,7 +281,36 @@ def row_locator(dataset: DatasetConfig) -> RowLocator:
             json_lines = _builder_for(path, dataset, "") == "json"
         except FtkError:
             json_lines = False
-    return RowLocator(dataset.path, json_lines)
+    locator = RowLocator(dataset.path, json_lines)
+    pieces = _SLICES.get((dataset.path, dataset.split))
+    return SlicedRowLocator(locator, pieces) if pieces else locator
+
+
+class SlicedRowLocator(RowLocator):
+    """A ``RowLocator`` for a slice of a source: row ``i`` of the slice is named as in the source."""
+
+    def __init__(self, whole: RowLocator, pieces: list[tuple[int, int]]) -> None:
+        super().__init__(whole.path, whole.json_lines)
+        self.whole = whole
+        self.pieces = pieces
+        self._starts = [start for start, _ in pieces]
+
+    def source_index(self, row_index: int) -> int:
+        """The index in the whole source of the slice's row ``row_index``."""
+        start, first = self.pieces[max(bisect_right(self._starts, row_index) - 1, 0)]
+        return first + row_index - start
+
+    def line(self, row_index: int) -> int | None:
+        """The 1-based line in the file of the slice's row ``row_index`` (None: no lines)."""
+        return self.whole.line(self.source_index(row_index))
+
+    def where(self, row_index: int) -> str:
+        """``data.jsonl:20`` or ``data.parquet: row 20``, counted in the whole source."""
+        return self.whole.where(self.source_index(row_index))
+
+    def describe(self, row_index: int, message: str) -> str:
+        """``<where>: <message>``, the row counted in the whole source."""
+        return self.whole.describe(self.source_index(row_index), message)
 
 
 def source_fingerprint(dataset: DatasetConfig, loaded: Dataset | None = None) -> str:

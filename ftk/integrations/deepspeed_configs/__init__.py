@@ -5,7 +5,8 @@ The presets (``deepspeed: zero2`` in a config) are the JSON files beside this mo
 * ``zero1``, ``zero2``, ``zero3``: ZeRO stage 1 (optimizer state partitioned), 2 (and gradients),
   3 (and parameters);
 * ``zero2_offload``: ZeRO-2 with the optimizer state and step on the CPU;
-* ``zero3_offload``: ZeRO-3 with the optimizer state and the parameters on the CPU.
+* ``zero3_offload``: ZeRO-3 with the optimizer state and the parameters on the CPU;
+* ``zero3_offload_params``: ZeRO-3 with the parameters on the CPU (the optimizer steps on the GPU).
 
 Every value that transformers fills from ``TrainingArguments`` is ``"auto"``: the micro-batch size,
 gradient accumulation, the global batch, gradient clipping, bf16/fp16, and the bucket sizes derived
@@ -24,7 +25,43 @@ from pathlib import Path
 from typing import Any
 
 #: Preset names accepted by ``deepspeed:``, each a JSON file of this package.
-PRESETS: tuple[str, ...] = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
+PRESETS: tuple[str, ...] = (
+    "zero1",
+    "zero2",
+    "zero3",
+    "zero2_offload",
+    "zero3_offload",
+    "zero3_offload_params",
+)
+
+#: The DeepSpeed files axolotl ships in its repository's ``deepspeed_configs/`` folder, by file name:
+#: the preset with the same ZeRO stage and the same offload, what the file sets, and whether it
+#: turns bf16 on itself (ftk's presets take the precision from ``bf16``/``fp16`` instead).  Tuning
+#: values (bucket sizes, live-parameter limits) are the preset's.
+AXOLOTL_FILES: dict[str, tuple[str, str, bool]] = {
+    "zero1.json": ("zero1", "ZeRO-1", False),
+    "zero2.json": ("zero2_offload", "ZeRO-2 with the optimizer state on the CPU", False),
+    "zero3.json": ("zero3", "ZeRO-3", False),
+    "zero3_bf16.json": ("zero3", "ZeRO-3 in bf16", True),
+    "zero3_bf16_cpuoffload_all.json": (
+        "zero3_offload",
+        "ZeRO-3 in bf16 with the optimizer state and the parameters on the CPU",
+        True,
+    ),
+    "zero3_bf16_cpuoffload_params.json": (
+        "zero3_offload_params",
+        "ZeRO-3 in bf16 with the parameters on the CPU",
+        True,
+    ),
+}
+#: axolotl's files ftk has no preset for, and the nearest preset.
+AXOLOTL_UNMATCHED: dict[str, tuple[str, str]] = {
+    "zero1_torch_compile.json": ("zero1", "ZeRO-1 with a DeepSpeed compile block"),
+    "zero2_torch_compile.json": (
+        "zero2_offload",
+        "ZeRO-2 (optimizer state on the CPU) with a DeepSpeed compile block",
+    ),
+}
 
 #: The names DeepSpeed accepts for "gather ZeRO-3 weights into one 16-bit state dict when saving".
 GATHER_ON_SAVE_KEYS = (
