@@ -21,14 +21,12 @@ FIXTURES = Path(__file__).parent / "fixture_plugins"
 
 
 @pytest.fixture
-def config(tmp_path):
+def config(tmp_path, small_vocab_model_dir):
     """Write a config with ``keys`` (``extra``: YAML text appended as written) and return its path."""
 
     def write(extra: str = "", **keys):
         (tmp_path / "chat.jsonl").touch()
-        return write_config(
-            tmp_path, Path("models/tiny").resolve(), tmp_path / "chat.jsonl", extra=extra, **keys
-        )
+        return write_config(tmp_path, small_vocab_model_dir, tmp_path / "chat.jsonl", extra=extra, **keys)
 
     return write
 
