@@ -82,6 +82,9 @@ SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 MACHINE_ERROR = re.compile(
     r"GPU|CUDA|bfloat16|this machine|needs \w[\w-]*: pip install|not installed: pip install", re.IGNORECASE
 )
+#: ``--cpu-overrides``: the GPU-only settings axolotl's examples use most, turned off for the 2-step
+#: train so that it runs on a CPU (everything else in the config is kept).
+CPU_OVERRIDES = {"attn_implementation": "sdpa", "tf32": "false", "bf16": "false"}
 #: ``cfg.yaml:12: datasets[0].type: ...`` -> the key path.
 ERROR_KEY = re.compile(r"^error: [^:]+:(?:\d+:)? ?([A-Za-z_][\w.\[\]]*)")
 
@@ -251,9 +254,13 @@ def check_config(source: Path, name: str, args: argparse.Namespace, scratch: Pat
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     previous = "ok"
     for stage in STAGES:
-        if stage not in args.stages or previous not in ("ok",):
+        if stage not in args.stages:
+            continue  # a later stage runs without it (train prepares its own data)
+        if previous != "ok":
             break
         command = [stage, str(path)] + (["--max_steps", "2"] if stage == "train" else [])
+        if stage == "train" and args.cpu_overrides:
+            command += [part for key, value in CPU_OVERRIDES.items() for part in (f"--{key}", value)]
         code, stderr = run_ftk(command, args.timeout)
         previous = outcome(code, stderr)
         setattr(result, stage, previous)
@@ -304,6 +311,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per stage")
     parser.add_argument("--json-out", type=Path, default=None, help="write every result here")
     parser.add_argument("--jobs", type=int, default=1, help="configs checked at the same time")
+    parser.add_argument(
+        "--cpu-overrides",
+        action="store_true",
+        help="train with attn_implementation sdpa, tf32 and bf16 off (see CPU_OVERRIDES)",
+    )
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         sys.exit(f"no model at {args.model}: build one with `ftk tiny-model {args.model}`")

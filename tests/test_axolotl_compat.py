@@ -226,3 +226,27 @@ def test_no_treatment_covers_a_key_ftk_defines():
     dead = {name: sorted(set(table) & known) for name, table in tables.items() if set(table) & known}
     assert not dead
     assert set(treatments.RENAMED.values()) | set(treatments.FUSED_KERNEL_FLAGS.values()) <= known
+
+
+def test_an_online_wandb_run_without_an_api_key_stops_before_the_data(config, capsys, monkeypatch, tmp_path):
+    """axolotl's older examples set wandb_project: wandb.init then failed with a traceback after the
+    data work; now the run stops first, in one line, and offline mode or a key lets it go on."""
+    pytest.importorskip("wandb")
+    from ftk.plugins.trackers import wandb_login_problem
+
+    for variable in ("WANDB_API_KEY", "WANDB_MODE", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = config(wandb_project="mpt-alpaca-7b")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: report_to: wandb logs online but no W&B API key is set")
+        and "Traceback" not in err
+    )
+    assert not (tmp_path / "prepared").exists()  # stopped before any data work
+    assert wandb_login_problem("offline", home=tmp_path) is None
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    assert wandb_login_problem(None, home=tmp_path) is None
+    monkeypatch.setenv("WANDB_API_KEY", "abc123")
+    assert wandb_login_problem(None, home=tmp_path / "elsewhere") is None

@@ -8,8 +8,11 @@ Biases, its local files in ``output_dir/wandb/`` unless ``WANDB_DIR`` says other
 from __future__ import annotations
 
 import importlib.util
+import netrc
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field
 
@@ -105,3 +108,29 @@ def check_environment(cfg: FtkConfig, purpose: str) -> None:
         package, extra = PACKAGES[name]
         if importlib.util.find_spec(package) is None:
             raise FtkError(f"report_to: {name} needs {package}: pip install 'ftk[{extra}]'")
+    if "wandb" in wanted:
+        problem = wandb_login_problem(cfg.section(SECTION).wandb_mode or os.environ.get("WANDB_MODE"))
+        if problem is not None:
+            raise FtkError(problem)
+
+
+def wandb_login_problem(mode: str | None, home: Path | None = None) -> str | None:
+    """Why an online W&B run would stop at its start for want of an API key, or None.
+
+    wandb reads the key from ``WANDB_API_KEY`` or from the netrc file that ``wandb login`` writes
+    (``NETRC`` or ``~/.netrc``, entry of the W&B host); without either, ``wandb.init`` fails once the
+    data are prepared and the model loaded.  Offline and disabled runs need no key.
+    """
+    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ["NETRC"]) if os.environ.get("NETRC") else (home or Path.home()) / ".netrc"
+    try:
+        if netrc.netrc(str(path)).authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return (
+        f"report_to: wandb logs online but no W&B API key is set (WANDB_API_KEY, or `wandb login`, "
+        f"which writes {path}); set wandb_mode: offline to log locally"
+    )
