@@ -318,7 +318,7 @@ def _set_aside_plugin_keys(
     data: dict[str, Any], model: type[BaseModel], notes: ConfigErrors, unimported: list[str]
 ) -> dict[str, Any]:
     """``data`` without the top-level keys that only the ``unimported`` plugins could define (noted)."""
-    known = set(model.model_fields)
+    known = config_keys(model)
     kept = {}
     for key, value in data.items():
         if key in known:
@@ -336,9 +336,9 @@ def drop_nulls(data: dict[str, Any], model: type[BaseModel]) -> None:
     """A key set to null means "not set": remove such keys the schema defines (top level and in
     dataset entries), so their defaults apply.  A null under a key nobody defines stays, so that
     a misspelt key is still reported."""
-    for key in [key for key, value in data.items() if value is None]:
-        info = model.model_fields.get(key)
-        if info is not None and not info.is_required():
+    keys = config_keys(model)
+    for key in [key for key, value in data.items() if value is None and key in keys]:
+        if not _field_of(model, key).is_required():
             del data[key]
     for list_key in DATASET_LIST_KEYS:
         entries = data.get(list_key)
@@ -355,6 +355,13 @@ def config_keys(model: type[BaseModel]) -> set[str]:
     for info in model.model_fields.values():
         keys |= {alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str)}
     return keys
+
+
+def _field_of(model: type[BaseModel], key: str) -> Any:
+    """The field of ``model`` that the top-level ``key`` (a field name or an alias) sets."""
+    if key in model.model_fields:
+        return model.model_fields[key]
+    return next(info for info in model.model_fields.values() if key in (info.alias, info.validation_alias))
 
 
 def _dataset_keys(data: dict[str, Any], registry: Registry) -> dict[tuple[str, int], set[str]]:
@@ -460,11 +467,7 @@ def config_from_data(
     source = ConfigSource(Path(name), dict(data))
     if manager is None:
         rewrite = rewrite_config(source, create_plugin_manager())
-        plugins = source.data.get("plugins") or []
-        if rewrite.handled_plugins:
-            plugins = [p for i, p in enumerate(plugins) if i not in rewrite.handled_plugins]
-            source.data["plugins"] = plugins
-        manager = create_plugin_manager(plugins)
+        manager = create_plugin_manager(rewrite.unhandled_plugins())
     else:
         rewrite = rewrite_config(source, manager)
     return validate_config(source, manager, rewrite=rewrite)
@@ -508,8 +511,7 @@ def read_config(
             load([plugin])
         except FtkError as exc:  # reported with the config's other problems
             rewrite.problem(("plugins", index), str(exc))
-    if rewrite.handled_plugins:
-        source.data["plugins"] = [p for i, p in enumerate(plugins) if i not in rewrite.handled_plugins]
+    rewrite.unhandled_plugins()
     return validate_config(source, manager, run_config_code, rewrite), manager, source
 
 

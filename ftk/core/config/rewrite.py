@@ -98,6 +98,14 @@ class ConfigRewrite:
         if note:
             self.note(("plugins", index), note)
 
+    def unhandled_plugins(self) -> list[Any]:
+        """The config's ``plugins:`` list without the entries a rewrite handled (written back)."""
+        plugins = self.source.data.get("plugins") or []
+        if self.handled_plugins and isinstance(plugins, list):
+            plugins = [name for index, name in enumerate(plugins) if index not in self.handled_plugins]
+            self.source.data["plugins"] = plugins
+        return plugins
+
     def ignore_if_unknown(self, loc: Loc, note: str = "") -> None:
         """Drop the key at ``loc`` (noting ``note``, if any) unless a plugin turns out to define it."""
         self.ignored_if_unknown[tuple(loc)] = note

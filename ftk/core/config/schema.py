@@ -109,16 +109,6 @@ class DatasetConfig(BaseModel):
         return self._options
 
 
-#: Plugin keys that also schedule saves or evaluations (``load_best_model_at_end`` is checked there).
-PLUGIN_SCHEDULE_KEYS = (
-    "saves_per_epoch",
-    "evals_per_epoch",
-    "save_strategy",
-    "eval_strategy",
-    "evaluation_strategy",
-)
-
-
 class FtkConfig(StrictModel):
     """A whole run. Field names follow axolotl's so that configs carry over."""
 
@@ -296,8 +286,10 @@ class FtkConfig(StrictModel):
             problems.append((("chat_template",), "is 'jinja' but chat_template_jinja is not set"))
         if self.resume_from_checkpoint and self.auto_resume:
             problems.append((("auto_resume",), "set either resume_from_checkpoint or auto_resume, not both"))
-        # saves_per_epoch, save_strategy, ... (the run_schedule plugin's keys) are checked by that plugin
-        scheduled_by_plugin = any(getattr(self, key, None) is not None for key in PLUGIN_SCHEDULE_KEYS)
+        # A plugin key marked "schedules_checkpoints" (saves per epoch, ...): that plugin checks it.
+        scheduled_by_plugin = any(
+            getattr(self, key) is not None for key in self.marked_keys("schedules_checkpoints")
+        )
         if (
             self.load_best_model_at_end
             and not scheduled_by_plugin
@@ -331,6 +323,22 @@ class FtkConfig(StrictModel):
 
     #: Flat plugin sections (their fields are top-level keys), by name; filled by the loader.
     flat_sections: ClassVar[dict[str, type[BaseModel]]] = {}
+
+    @classmethod
+    def marked_keys(cls, marker: str) -> list[str]:
+        """Top-level plugin keys whose field says ``json_schema_extra={marker: True}``.
+
+        How a plugin tells the core what its keys take part in without the core knowing their
+        names: ``changes_data`` (the key changes the prepared data, so it is in the cache key),
+        ``schedules_checkpoints`` (the key schedules saves or evaluations, and the plugin checks
+        ``load_best_model_at_end`` against it).
+        """
+        return [
+            name
+            for model in cls.flat_sections.values()
+            for name, info in model.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(marker)
+        ]
 
     def section(self, name: str) -> Any:
         """A plugin's config section by name: its model, or None when the config leaves it out.

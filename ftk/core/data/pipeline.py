@@ -126,17 +126,6 @@ def strategy_fingerprint(strategy: Strategy) -> str:
     return digest.hexdigest()
 
 
-def plugin_data_keys(cfg: FtkConfig) -> list[str]:
-    """Top-level plugin keys that change the prepared data: fields of flat sections marked
-    ``json_schema_extra={"changes_data": True}`` (such as the chat_template defaults)."""
-    return [
-        name
-        for model in type(cfg).flat_sections.values()
-        for name, info in model.model_fields.items()
-        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("changes_data")
-    ]
-
-
 def cache_key(
     cfg: FtkConfig,
     tokenizer_digest: str,
@@ -151,7 +140,7 @@ def cache_key(
         "test_datasets": [dataset.model_dump(mode="json") for dataset in cfg.test_datasets],
         "sources": source_digests,
         "tokenizer": tokenizer_digest,
-        "keys": {key: getattr(cfg, key) for key in (*DATA_KEYS, *plugin_data_keys(cfg))},
+        "keys": {key: getattr(cfg, key) for key in (*DATA_KEYS, *cfg.marked_keys("changes_data"))},
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftk.core.config.loader import DATASET_LIST_KEYS
 from ftk.core.config.rewrite import ConfigRewrite
 from ftk.core.hookspecs import hookimpl
 from ftk.plugins.axolotl_compat.treatments import (
@@ -42,7 +43,6 @@ from ftk.plugins.axolotl_compat.treatments import (
 
 KEYS_FILE = Path(__file__).with_name("axolotl_keys.json")
 COMPUTED = "<computed>"
-DATASET_LIST_KEYS = ("datasets", "test_datasets")
 NOT_SUPPORTED = "axolotl key not supported by ftk"
 
 
@@ -53,6 +53,7 @@ def axolotl_keys() -> dict[str, Any]:
     return table
 
 
+@lru_cache(maxsize=1)
 def top_level_defaults() -> dict[str, Any]:
     """Every top-level key axolotl accepts (its schema, its plugins', older releases') -> default."""
     table = axolotl_keys()
@@ -63,6 +64,7 @@ def top_level_defaults() -> dict[str, Any]:
     return defaults
 
 
+@lru_cache(maxsize=1)
 def dataset_defaults() -> dict[str, Any]:
     """Every dataset-entry key axolotl accepts -> its default."""
     return {key: info["default"] for key, info in axolotl_keys()["dataset"].items()}

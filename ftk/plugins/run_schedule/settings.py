@@ -25,26 +25,32 @@ class RunScheduleSettings(StrictModel):
 
     saves_per_epoch: NonNegativeInt | None = Field(
         None,
+        json_schema_extra={"schedules_checkpoints": True},
         description="Save a checkpoint N times per epoch, evenly spread over it (the last at its end; "
         "0: none). Not with save_steps.",
     )
     evals_per_epoch: NonNegativeInt | None = Field(
         None,
+        json_schema_extra={"schedules_checkpoints": True},
         description="Evaluate N times per epoch, evenly spread over it (0: no evaluation during training). "
         "Not with eval_steps.",
     )
     save_strategy: Literal["steps", "epoch", "no", "best"] | None = Field(
         None,
+        json_schema_extra={"schedules_checkpoints": True},
         description="steps: every save_steps; epoch: at the end of each epoch (saves_per_epoch: 1); "
         "no: no checkpoints; best: after each evaluation that improves eval_loss.",
     )
     eval_strategy: Literal["steps", "epoch", "no"] | None = Field(
         None,
+        json_schema_extra={"schedules_checkpoints": True},
         description="steps: every eval_steps; epoch: at the end of each epoch (evals_per_epoch: 1); "
         "no: no evaluation during training.",
     )
     evaluation_strategy: Literal["steps", "epoch", "no"] | None = Field(
-        None, description="transformers' former name of eval_strategy (the same values)."
+        None,
+        json_schema_extra={"schedules_checkpoints": True},
+        description="transformers' former name of eval_strategy (the same values).",
     )
     save_only_model: bool = Field(
         False,
